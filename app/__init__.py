@@ -1,0 +1,1 @@
+"""The CatVTON try-on HTTP service."""

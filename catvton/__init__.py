@@ -1,0 +1,1 @@
+"""CatVTON virtual try-on: the model library (no web code)."""

@@ -1,0 +1,57 @@
+"""Library exceptions. They carry no HTTP meaning: app/errors.py maps them to status codes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class CatVTONError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class WeightsNotFoundError(CatVTONError, FileNotFoundError):
+    """A weight file or folder is missing.
+
+    The message names the missing path and the command that fetches it, because the person reading it
+    (a server operator, a CLI user) needs the fix, not a traceback.
+    """
+
+    def __init__(self, missing: str | Path, *, fix: str) -> None:
+        self.missing = str(missing)
+        self.fix = fix
+        super().__init__(f"missing weights: {self.missing}. {fix}")
+
+
+class CheckpointMismatchError(CatVTONError, ValueError):
+    """A checkpoint does not match the network it is loaded into.
+
+    Raised instead of loading non-strictly, which silently leaves random weights in place.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[str] = (),
+    ) -> None:
+        self.source = str(source)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+        parts = []
+        for label, keys in (
+            ("missing keys", self.missing),
+            ("unexpected keys", self.unexpected),
+            ("mis-shaped tensors", self.mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:10]) + (f" (+{len(keys) - 10} more)" if len(keys) > 10 else "")
+                parts.append(f"{label}: {shown}")
+        super().__init__(f"checkpoint {self.source} does not match the network; " + "; ".join(parts))
+
+
+class InvalidInputError(CatVTONError, ValueError):
+    """An argument or an image that the library cannot work with; the message names the argument."""
