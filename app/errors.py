@@ -1,0 +1,174 @@
+"""The one place that knows HTTP status codes: service errors and the JSON error envelope.
+
+Every error the client sees is `{"success": false, "message", "error", "requestId"}`: the Expo app
+shows `message`, branches on the stable `error` code, and support greps the logs for `requestId`.
+Handlers here map FastAPI's validation errors, the library's `InvalidInputError`, unknown routes and
+unexpected crashes into that envelope, so no other module builds an error response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.request_id import REQUEST_ID_HEADER, current_request_id
+from catvton.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with a fixed status, a stable code and a message for the person using the app."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    retry_after_s: ClassVar[int | None] = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelsLoadingError(ServiceError):
+    status_code = 503
+    code = "models_loading"
+    retry_after_s = 10
+
+    def __init__(self, detail: str = "") -> None:
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(f"Models are still loading{suffix}; try again in a few seconds.")
+
+
+class ModelLoadFailedError(ServiceError):
+    """Loading failed for good; the message carries the reason and the fix, as /health does."""
+
+    status_code = 503
+    code = "model_load_failed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Model loading failed: {reason}")
+
+
+class GPUBusyError(ServiceError):
+    status_code = 503
+    code = "gpu_busy"
+    retry_after_s = 5
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"GPU is busy processing another request ({detail}); try again shortly.")
+
+
+class GPUOutOfMemoryError(ServiceError):
+    status_code = 503
+    code = "gpu_out_of_memory"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "GPU out of memory during inference; the cache was emptied, try again "
+            "(a smaller --size or fewer concurrent GPU users helps if it repeats)."
+        )
+
+
+class InvalidFieldError(ServiceError):
+    status_code = 422
+    code = "invalid_field"
+
+
+class UnsupportedImageError(ServiceError):
+    status_code = 415
+    code = "unsupported_image"
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ClientDisconnectedError(ServiceError):
+    """The client went away while its request waited; nobody reads this response (499, as nginx)."""
+
+    status_code = 499
+    code = "client_disconnected"
+
+
+def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic error dicts -> one line per field, "field: what is wrong (got value)"."""
+    lines = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+        field = ".".join(location) or "request"
+        if error.get("type") == "missing":
+            lines.append(f"{field}: required")
+            continue
+        got = error.get("input")
+        got_text = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        lines.append(f"{field}: {error.get('msg', 'invalid value')}{got_text}")
+    return "; ".join(lines)
+
+
+def error_response(
+    request: Request, status_code: int, code: str, message: str, retry_after_s: int | None = None
+) -> JSONResponse:
+    """The envelope; the request id goes into both body and header, also for crashes."""
+    request_id = getattr(request.state, "request_id", None) or current_request_id()
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
+    body = {"success": False, "message": message, "error": code, "requestId": request_id}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(request, exc.status_code, exc.code, exc.message, exc.retry_after_s)
+
+
+async def handle_request_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message = describe_validation_errors(exc.errors())
+    return error_response(request, InvalidFieldError.status_code, InvalidFieldError.code, message)
+
+
+async def handle_invalid_input(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(request, InvalidFieldError.status_code, InvalidFieldError.code, str(exc))
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+    return error_response(request, exc.status_code, code, str(exc.detail))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """500 with a generic message: the details go to the log only, never to the client.
+
+    Starlette re-raises the exception after this response, so uvicorn logs the traceback once.
+    """
+    logger.error("unexpected %s on %s: %s", type(exc).__name__, request.url.path, exc)
+    message = "Internal server error; the details are in the server log under this requestId."
+    return error_response(request, 500, ServiceError.code, message)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, handle_service_error)
+    app.add_exception_handler(RequestValidationError, handle_request_validation)
+    app.add_exception_handler(InvalidInputError, handle_invalid_input)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(Exception, handle_unexpected)
+
+
+def health_status_code(state: str) -> int:
+    """/health: 200 only when a try-on can be served, so a load balancer can route on the status."""
+    return 200 if state == "ok" else 503
+
+
+def health_headers(state: str) -> dict[str, str]:
+    if state == "loading":
+        return {"Retry-After": str(ModelsLoadingError.retry_after_s)}
+    return {}

@@ -1,0 +1,59 @@
+"""The app factory: lifespan, middleware, error handlers, routers. Wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import install_error_handlers
+from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
+from app.routes import health, try_on
+from app.settings import Settings
+from app.worker import InferenceWorker, load_models
+
+
+def create_app(settings: Settings, worker: InferenceWorker | None = None) -> FastAPI:
+    """Build the service; `worker` defaults to one that loads the models `settings` names.
+
+    Nothing is loaded here: the lifespan starts the worker, which loads in the background while
+    the server already answers /health.
+    """
+    if worker is None:
+        worker = InferenceWorker(
+            partial(load_models, settings),
+            queue_size=settings.queue_size,
+            queue_timeout=settings.queue_timeout,
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        yield
+        await run_in_threadpool(worker.stop)
+
+    app = FastAPI(
+        title="CatVTON try-on service",
+        description="Virtual try-on: POST a person photo and a garment photo, get the person "
+        "wearing the garment. Weights are CC BY-NC-SA 4.0 (non-commercial).",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.worker = worker
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["*"],
+        expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+    )
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response has an id
+    install_error_handlers(app)
+    app.include_router(try_on.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,66 @@
+"""GET /health: a plain state word, answered on the event loop from counters (never waits)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.dependencies import SettingsDep, WorkerDep
+from app.errors import health_headers, health_status_code
+from app.schemas import GpuMemory, HealthResponse
+from app.worker import InferenceWorker
+
+router = APIRouter(tags=["health"])
+
+DEMO_NOTE = "DEMO MODE: tiny random weights, results are noise (for integration only)"
+
+
+def read_gpu_memory(worker: InferenceWorker) -> GpuMemory | None:
+    device = worker.device
+    if device is None or device.type != "cuda":
+        return None
+    mebibyte = 1024 * 1024
+    return GpuMemory(
+        name=torch.cuda.get_device_name(device),
+        allocated_mb=round(torch.cuda.memory_allocated(device) / mebibyte, 1),
+        reserved_mb=round(torch.cuda.memory_reserved(device) / mebibyte, 1),
+        total_mb=round(torch.cuda.get_device_properties(device).total_memory / mebibyte, 1),
+    )
+
+
+def describe(worker: InferenceWorker, demo: bool) -> str:
+    if worker.state == "loading":
+        return f"Models are still loading ({worker.loading_step})"
+    if worker.state == "error":
+        return f"Model loading failed: {worker.error}"
+    return DEMO_NOTE if demo else "Ready"
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def health(worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
+    """200 with status "ok" when a try-on can be served; 503 with "loading" or "error" otherwise."""
+    pipeline = worker.models.pipeline if worker.models else None
+    body = HealthResponse(
+        status=worker.state,
+        model_loaded=pipeline is not None,
+        message=describe(worker, settings.demo),
+        error=worker.error,
+        demo=settings.demo,
+        device=str(pipeline.device) if pipeline else settings.device,
+        dtype=str(pipeline.dtype).removeprefix("torch.") if pipeline else settings.dtype,
+        size=tuple(pipeline.size) if pipeline else settings.working_size,
+        queue_depth=worker.queue_depth,
+        queue_capacity=worker.queue_size,
+        busy=worker.busy,
+        inferences_served=worker.inferences_served,
+        gpu=read_gpu_memory(worker),
+        uptime_s=round(time.monotonic() - worker.started_at, 1),
+    )
+    return JSONResponse(
+        body.model_dump(mode="json"),
+        status_code=health_status_code(worker.state),
+        headers=health_headers(worker.state),
+    )

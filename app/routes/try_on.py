@@ -1,0 +1,135 @@
+"""POST /api/try-on: four visible stages, CPU work in the thread pool, device work in the worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app.dependencies import SettingsDep, WorkerDep
+from app.encoding import encode_image
+from app.errors import InvalidFieldError, describe_validation_errors
+from app.intake import FILE_FIELDS, decode_uploads, fit_to_size, receive_upload
+from app.schemas import ErrorResponse, TryOnOptions, TryOnResponse
+from app.worker import TryOnJob
+
+router = APIRouter(tags=["try-on"])
+
+_FILE_SCHEMA = {"type": "string", "format": "binary"}
+# The body is parsed by `receive_upload` (streamed, capped), so /docs learns its shape from here.
+TRY_ON_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["person_image", "cloth_image"],
+                    "properties": {
+                        **{name: _FILE_SCHEMA for name in FILE_FIELDS},
+                        **TryOnOptions.model_json_schema()["properties"],
+                    },
+                }
+            }
+        },
+    }
+}
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        413: "an upload over the byte cap or the pixel cap",
+        415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
+        422: "a missing field or a value out of range",
+        500: "an unexpected error (details in the server log)",
+        503: "models loading or failed to load, GPU busy (Retry-After), GPU out of memory",
+    }.items()
+}
+
+
+class StageTimer:
+    """Wall-clock milliseconds per named stage, for the response and the log."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.timings_ms: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings_ms[stage] = round((time.perf_counter() - started) * 1000, 1)
+
+    def add_seconds(self, timings: dict[str, float]) -> None:
+        self.timings_ms.update({stage: round(s * 1000, 1) for stage, s in timings.items()})
+
+    def finish(self) -> dict[str, float]:
+        self.timings_ms["total"] = round((time.perf_counter() - self.started) * 1000, 1)
+        return self.timings_ms
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return once the client hangs up; after the body is read, `receive` blocks until then."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def parse_options(fields: dict[str, str]) -> TryOnOptions:
+    try:
+        return TryOnOptions.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidFieldError(describe_validation_errors(exc.errors())) from exc
+
+
+@router.post(
+    "/api/try-on",
+    response_model=TryOnResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=TRY_ON_REQUEST_BODY,
+    summary="Dress the person in the garment",
+)
+async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> TryOnResponse:
+    """Multipart in (person_image, cloth_image, optional mask_image and options), JSON out."""
+    worker.check_accepting()  # loading, failed or full: say so before reading megabytes
+    timer = StageTimer()
+    with timer("upload"):
+        form = await receive_upload(request, max_file_bytes=settings.max_upload_bytes)
+    options = parse_options(form.fields)  # before any decoding: bad options cost nothing
+    size = worker.size
+
+    # 1. Decode the uploads (thread pool): bytes -> RGB images, or 413/415 naming the field
+    with timer("decode"):
+        images = await run_in_threadpool(
+            decode_uploads, form, size=size, max_pixels=settings.max_image_pixels
+        )
+
+    # 2. Preprocess (thread pool): fit to the working size
+    with timer("preprocess"):
+        images = await run_in_threadpool(fit_to_size, images, size)
+
+    # 3. Infer (the single device worker): mask unless given -> pipeline -> image
+    with timer("infer"):
+        outcome = await worker.run(
+            TryOnJob(images=images, options=options),
+            disconnected=partial(wait_for_disconnect, request),
+        )
+    timer.add_seconds(outcome.timings)
+
+    # 4. Encode (thread pool): PNG/JPEG/WebP -> base64 -> response
+    with timer("encode"):
+        encoded = await run_in_threadpool(encode_image, outcome.image, options.output_format)
+    return TryOnResponse(
+        image_base64=encoded.base64,
+        mime_type=encoded.mime_type,
+        width=encoded.width,
+        height=encoded.height,
+        seed=outcome.seed,
+        request_id=request.state.request_id,
+        timings_ms=timer.finish(),
+    )

@@ -1,0 +1,112 @@
+"""What goes in and out over HTTP: the try-on form's options, the try-on response, the health body.
+
+Field names follow `api.md` exactly (the Expo app is written against them): camelCase in the try-on
+response (`imageBase64`, `requestId`), snake_case in the form and in /health (`model_loaded`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from catvton.errors import InvalidInputError
+from catvton.masking import CLOTH_TYPES, parse_cloth_type
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+HealthStatus = Literal["ok", "loading", "error"]
+
+
+class TryOnOptions(BaseModel):
+    """The text fields of POST /api/try-on; each name is the pipeline argument it becomes."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+    cloth_type: str = Field(
+        "upper",
+        description=f"one of {', '.join(CLOTH_TYPES)}; also upper_body/tops, lower_body/bottoms, "
+        "dresses/one-pieces (case-insensitive)",
+    )
+    num_inference_steps: int = Field(50, ge=10, le=100, description="denoising steps")
+    guidance_scale: float = Field(2.5, ge=0.0, le=7.5, description="classifier-free guidance")
+    seed: int = Field(42, ge=-1, le=2**32 - 1, description="-1 picks a random seed")
+    repaint: bool = Field(False, description="blend the original photo back outside the mask")
+    output_format: OutputFormat = Field("png", description="png, jpeg (or jpg) or webp")
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_blank_fields(cls, data: Any) -> Any:
+        """Form clients send unset fields as empty strings: treat those as absent (the default)."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
+
+    @field_validator("cloth_type")
+    @classmethod
+    def canonical_cloth_type(cls, value: str) -> str:
+        try:
+            return parse_cloth_type(value)
+        except InvalidInputError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def normalise_output_format(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return "jpeg" if value == "jpg" else value
+        return value
+
+
+class TryOnResponse(BaseModel):
+    """HTTP 200 of POST /api/try-on: the contract's three fields first, then the extras."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    success: Literal[True] = True
+    image_base64: str = Field(description="the result, base64 without a data: prefix")
+    message: str = "Try-on completed successfully"
+    mime_type: str = Field(description="image/png, image/jpeg or image/webp")
+    width: int
+    height: int
+    seed: int = Field(description="the seed actually used: send it back to reproduce the image")
+    request_id: str
+    timings_ms: dict[str, float] = Field(description="milliseconds per stage")
+
+
+class ErrorResponse(BaseModel):
+    """Every error: see app/errors.py."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    success: Literal[False] = False
+    message: str
+    error: str = Field(description="stable machine-readable code, e.g. gpu_busy")
+    request_id: str | None = None
+
+
+class GpuMemory(BaseModel):
+    name: str
+    allocated_mb: float
+    reserved_mb: float
+    total_mb: float
+
+
+class HealthResponse(BaseModel):
+    """GET /health: a plain state word first, then what a monitor wants to graph."""
+
+    status: HealthStatus
+    model_loaded: bool
+    message: str
+    error: str | None = Field(None, description="why loading failed, and the fix")
+    demo: bool = Field(description="true: tiny random weights, images are noise")
+    device: str | None
+    dtype: str | None
+    size: tuple[int, int] | None = Field(description="working size (width, height)")
+    queue_depth: int = Field(description="requests waiting, not counting the one running")
+    queue_capacity: int
+    busy: bool = Field(description="an inference is running")
+    inferences_served: int
+    gpu: GpuMemory | None
+    uptime_s: float

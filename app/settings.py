@@ -1,0 +1,89 @@
+"""Service configuration: one frozen settings class, from flags, `CATVTON_*` variables, defaults.
+
+Every field is also a flag of `python -m app` (kebab-case: `weights_dir` is `--weights-dir`), so
+there is one list of options, one set of defaults and one place that validates them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MEBIBYTE = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Options of the try-on service. Flags beat environment variables, which beat defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CATVTON_",
+        frozen=True,
+        cli_prog_name="python -m app",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_avoid_json=True,
+        cli_hide_none_type=True,
+    )
+
+    host: str = Field("0.0.0.0", description="interface to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    weights_dir: Path | None = Field(
+        None,
+        description="folder holding stable-diffusion-inpainting/, sd-vae-ft-mse/ and CatVTON/ "
+        "(`python -m catvton download` fills it); unset: the hub ids below",
+    )
+    base_model: str | None = Field(None, description="hub id or folder of SD-1.5 inpainting")
+    vae: str | None = Field(None, description="hub id or folder of the sd-vae-ft-mse VAE")
+    catvton: str | None = Field(None, description="hub id or folder of the CatVTON weights")
+    attention_version: str = Field(
+        "mix-48k-1024",
+        description="CatVTON weights: mix-48k-1024, vitonhd-16k-512 or dresscode-16k-512",
+    )
+    device: str | None = Field(None, description="torch device: cuda, cuda:1, cpu; unset: auto")
+    dtype: Literal["fp16", "bf16", "fp32"] | None = Field(
+        None, description="weights precision; unset: fp16 on CUDA, fp32 on the CPU"
+    )
+    size: str | None = Field(
+        None,
+        pattern=r"^[1-9][0-9]*x[1-9][0-9]*$",
+        description="working size WIDTHxHEIGHT, multiples of 8; "
+        "unset: 768x1024 (384x512 for the *-16k-512 weights)",
+    )
+    masker_device: str | None = Field(None, description="AutoMasker device; unset: as --device")
+    queue_size: int = Field(4, ge=0, description="requests that may wait while one inference runs")
+    queue_timeout: float = Field(
+        300.0, gt=0, description="seconds a request may wait in the queue before it gets 503"
+    )
+    max_upload_mb: float = Field(20.0, gt=0, description="per-file upload cap in MiB")
+    max_image_megapixels: float = Field(
+        40.0, gt=0, description="pixel cap per image, checked before decoding (decompression bombs)"
+    )
+    cors_origins: list[str] = Field(["*"], description="origins allowed by CORS (web clients)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    demo: bool = Field(
+        False,
+        description="serve tiny random weights (made on first start): to integrate, not to look at",
+    )
+    demo_dir: Path = Field(
+        Path.home() / ".cache" / "catvton" / "demo-weights",
+        description="where --demo writes its tiny weights",
+    )
+
+    @property
+    def working_size(self) -> tuple[int, int] | None:
+        """`size` as (width, height), or None to let the pipeline pick its trained size."""
+        if self.size is None:
+            return None
+        width, height = self.size.split("x")
+        return int(width), int(height)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MEBIBYTE)
+
+    @property
+    def max_image_pixels(self) -> int:
+        return int(self.max_image_megapixels * 1_000_000)

@@ -1,0 +1,325 @@
+"""The only service code touching the device: background loading, a bounded queue, one consumer.
+
+One thread owns the device for the life of the process. It first loads the models (meanwhile the
+HTTP server answers `/health` with "loading", and a failed load leaves a reason, not a dead
+process), then takes try-on jobs one at a time from a bounded FIFO queue. One thread rather than a
+lock: two inferences can never overlap, the order is first come first served, and a request that
+cannot be served soon is told so at once (503) instead of piling up behind a lock.
+
+Requests hand in a job and await a future; the event loop never runs model code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from app.errors import (
+    ClientDisconnectedError,
+    GPUBusyError,
+    GPUOutOfMemoryError,
+    ModelLoadFailedError,
+    ModelsLoadingError,
+)
+from app.intake import TryOnImages
+from app.schemas import TryOnOptions
+from app.settings import Settings
+from catvton import CatVTONPipeline, WeightSources, load_pipeline
+from catvton.errors import WeightsNotFoundError
+from catvton.masking import AutoMasker, load_automasker
+from catvton.tiny import write_tiny_weights
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Models:
+    pipeline: CatVTONPipeline
+    masker: AutoMasker
+
+
+def load_models(settings: Settings, progress: ProgressCallback) -> Models:
+    """Resolve and load the pipeline and the masker as `settings` says; `progress` names each step.
+
+    Raises WeightsNotFoundError / CheckpointMismatchError (and whatever torch raises) unchanged:
+    the worker turns them into the reason /health reports.
+    """
+    weights_dir = settings.weights_dir
+    if settings.demo:
+        progress(f"writing tiny demo weights to {settings.demo_dir}")
+        logger.warning("DEMO MODE: tiny random weights in %s; results are noise", settings.demo_dir)
+        weights_dir = write_tiny_weights(Path(settings.demo_dir))
+    progress("resolving weights")
+    sources = WeightSources(
+        weights_dir=weights_dir,
+        base_model=settings.base_model,
+        vae=settings.vae,
+        catvton=settings.catvton,
+        attention_version=settings.attention_version,
+    )
+    resolved = sources.resolve()
+    progress("loading the diffusion pipeline")
+    pipeline = load_pipeline(
+        resolved, device=settings.device, dtype=settings.dtype, size=settings.working_size
+    )
+    progress("loading the AutoMasker")
+    masker = load_automasker(resolved.catvton_dir, device=settings.masker_device or pipeline.device)
+    return Models(pipeline=pipeline, masker=masker)
+
+
+@dataclass
+class TryOnJob:
+    """Images fitted to the working size (`mask_image` None: automatic mask) and the options."""
+
+    images: TryOnImages
+    options: TryOnOptions
+
+
+@dataclass
+class TryOnOutcome:
+    image: Image.Image
+    seed: int
+    timings: dict[str, float]  # seconds per stage, queue wait included
+
+
+@dataclass
+class _Ticket:
+    """A queued job plus its way back to the event loop and the request's logging context."""
+
+    job: TryOnJob
+    loop: asyncio.AbstractEventLoop
+    started: asyncio.Future[None]
+    done: asyncio.Future[TryOnOutcome]
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+    def resolve(
+        self, future: asyncio.Future[Any], result: Any = None, error: Exception | None = None
+    ) -> None:
+        """Settle `future` from the device thread via the loop (futures are not thread-safe)."""
+
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
+class InferenceWorker:
+    """Loads the models on its own thread, then serves try-on jobs there, one at a time.
+
+    States: "loading" until `load` returns, then "ok"; "error" if it raised (kept, with the reason,
+    for the life of the process). `queue_size` jobs may wait while one runs; a job waits at most
+    `queue_timeout` seconds before it gets 503.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[ProgressCallback], Models],
+        *,
+        queue_size: int = 4,
+        queue_timeout: float = 300.0,
+    ) -> None:
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self.state = "loading"
+        self.loading_step = "starting"
+        self.error: str | None = None
+        self.models: Models | None = None
+        self.inferences_served = 0
+        self.started_at = time.monotonic()
+        self._load = load
+        self._waiting: deque[_Ticket] = deque()
+        self._running: _Ticket | None = None
+        self._stopping = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._own_device, name="device-worker", daemon=True)
+
+    # -- lifecycle (lifespan) ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Refuse what still waits, let a running inference finish for up to `timeout` seconds."""
+        with self._condition:
+            self._stopping = True
+            refused = list(self._waiting)
+            self._waiting.clear()
+            self._condition.notify_all()
+        for ticket in refused:
+            ticket.resolve(ticket.started, error=GPUBusyError("the server is shutting down"))
+        self._thread.join(timeout)
+
+    # -- the event loop's side -----------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    @property
+    def device(self) -> torch.device | None:
+        return torch.device(self.models.pipeline.device) if self.models else None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The working size (W, H); only once loaded (`check_accepting` passed)."""
+        assert self.models is not None, "models are not loaded"
+        return self.models.pipeline.size
+
+    def check_accepting(self) -> None:
+        """Raise the 503 a new request would get now; cheap, so a route calls it before reading."""
+        if self.state == "loading":
+            raise ModelsLoadingError(self.loading_step)
+        if self.state == "error":
+            raise ModelLoadFailedError(self.error or "unknown error")
+        if len(self._waiting) + (self._running is not None) > self.queue_size:
+            raise GPUBusyError(f"{len(self._waiting)} requests are already waiting")
+
+    async def run(
+        self, job: TryOnJob, *, disconnected: Callable[[], Awaitable[Any]]
+    ) -> TryOnOutcome:
+        """Queue `job`, wait for its turn and result.
+
+        `disconnected` resolves when the client goes away: a job still waiting is then dropped
+        before it costs device time. Raises the 503s of `check_accepting`, GPUBusyError after
+        `queue_timeout` seconds of waiting, GPUOutOfMemoryError, ClientDisconnectedError, and
+        whatever the pipeline raised (InvalidInputError for a bad input).
+        """
+        loop = asyncio.get_running_loop()
+        ticket = _Ticket(job, loop, started=loop.create_future(), done=loop.create_future())
+        with self._condition:
+            self.check_accepting()
+            self._waiting.append(ticket)
+            self._condition.notify()
+        watcher = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait(
+                {ticket.started, watcher},
+                timeout=self.queue_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not ticket.started.done() and self._withdraw(ticket):
+                if watcher.done():
+                    raise ClientDisconnectedError("the client disconnected while queued")
+                raise GPUBusyError(f"waited {self.queue_timeout:g} s in the queue")
+            await ticket.started  # re-raises a refusal at shutdown
+            return await ticket.done
+        finally:
+            watcher.cancel()
+            if not ticket.started.done():  # cancelled (server shutdown): free the slot
+                self._withdraw(ticket)
+
+    def _withdraw(self, ticket: _Ticket) -> bool:
+        """Take a waiting ticket out of the queue; False if the worker already took it."""
+        with self._condition:
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+                return True
+            return False
+
+    # -- the device thread -----------------------------------------------------------------------
+
+    def _own_device(self) -> None:
+        if not self._load_models():
+            return
+        while True:
+            with self._condition:
+                while not self._waiting and not self._stopping:
+                    self._condition.wait()
+                if self._stopping:
+                    return
+                ticket = self._running = self._waiting.popleft()
+            try:
+                ticket.context.run(self._serve, ticket)
+            finally:
+                with self._condition:
+                    self._running = None
+
+    def _load_models(self) -> bool:
+        def progress(step: str) -> None:
+            self.loading_step = step
+            logger.info("loading: %s", step)
+
+        started = time.perf_counter()
+        try:
+            self.models = self._load(progress)
+        except Exception as exc:
+            self.error = str(exc) if isinstance(exc, WeightsNotFoundError) else repr(exc)
+            self.state = "error"
+            logger.exception("model loading failed; the server keeps running to explain why")
+            return False
+        self.state = "ok"
+        pipeline = self.models.pipeline
+        logger.info(
+            "models loaded in %.1f s on %s (%s, %dx%d)",
+            time.perf_counter() - started,
+            pipeline.device,
+            pipeline.dtype,
+            *pipeline.size,
+        )
+        return True
+
+    def _serve(self, ticket: _Ticket) -> None:
+        """Run one job on this thread, in the request's context (its id is in every log line)."""
+        queue_wait = time.perf_counter() - ticket.enqueued_at
+        ticket.resolve(ticket.started)
+        try:
+            outcome = self._infer(ticket.job)
+        except torch.cuda.OutOfMemoryError:
+            logger.warning("CUDA out of memory; emptying the cache, the next request may proceed")
+            ticket.resolve(ticket.done, error=GPUOutOfMemoryError())
+        except Exception as exc:
+            ticket.resolve(ticket.done, error=exc)
+        else:
+            self.inferences_served += 1
+            outcome.timings["queue_wait"] = queue_wait
+            ticket.resolve(ticket.done, outcome)
+        finally:
+            # Outside the except blocks, so the OOM traceback's tensors are already released.
+            device = self.device
+            if device is not None and device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _infer(self, job: TryOnJob) -> TryOnOutcome:
+        assert self.models is not None
+        images, options = job.images, job.options
+        timings: dict[str, float] = {}
+        mask_image = images.mask_image
+        if mask_image is None:
+            started = time.perf_counter()
+            mask_image = self.models.masker(images.person_image, options.cloth_type).mask
+            timings["mask"] = time.perf_counter() - started
+        result = self.models.pipeline(
+            images.person_image,
+            images.cloth_image,
+            mask_image,
+            num_inference_steps=options.num_inference_steps,
+            guidance_scale=options.guidance_scale,
+            seed=options.seed,
+            repaint=options.repaint,
+        )
+        timings.update(result.timings)
+        logger.info("inference done: seed %d, %d steps", result.seed, options.num_inference_steps)
+        return TryOnOutcome(image=result.image, seed=result.seed, timings=timings)

@@ -1,0 +1,166 @@
+"""Upload decoding: bad and odd uploads, generated in code, against `app.intake.decode_image`."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pillow_heif
+import pytest
+from PIL import Image
+
+from app.errors import PayloadTooLargeError, UnsupportedImageError
+from app.intake import Upload, decode_image, sniff_format
+
+SIZE = (96, 128)
+MAX_PIXELS = 40_000_000
+
+
+def encode(image: Image.Image, image_format: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **params)
+    return buffer.getvalue()
+
+
+def heic_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=90)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` pixels in a few dozen bytes: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def decode(data: bytes, field: str = "person_image", **kwargs) -> Image.Image:
+    return decode_image(Upload(field=field, data=data), size=SIZE, max_pixels=MAX_PIXELS, **kwargs)
+
+
+def photo(size: tuple[int, int] = (60, 80)) -> Image.Image:
+    """A smooth gradient: compresses like a photo, unlike noise."""
+    return Image.linear_gradient("L").resize(size).convert("RGB")
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP"])
+def test_accepted_formats_decode_to_rgb(image_format: str) -> None:
+    image = decode(encode(photo(), image_format))
+    assert image.mode == "RGB"
+    assert image.size == (60, 80)
+
+
+def test_heic_decodes_to_rgb() -> None:
+    data = heic_bytes(photo())
+    assert sniff_format(data) == "HEIF"
+    image = decode(data)
+    assert (image.mode, image.size) == ("RGB", (60, 80))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", "is empty"),
+        (b"hello, this is text in a file named photo.jpg\n", "is not a JPEG, PNG, WebP or HEIC"),
+        (b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n", "is not a JPEG, PNG, WebP or HEIC"),
+        (b"GIF89a" + b"\0" * 32, "is not a JPEG, PNG, WebP or HEIC"),
+    ],
+    ids=["empty", "text", "pdf", "gif"],
+)
+def test_non_images_are_refused_naming_the_field(data: bytes, expected: str) -> None:
+    with pytest.raises(UnsupportedImageError, match=expected) as caught:
+        decode(data, field="cloth_image")
+    assert caught.value.message.startswith("cloth_image")
+    assert caught.value.status_code == 415
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP"])
+def test_truncated_files_are_refused(image_format: str) -> None:
+    data = encode(photo((200, 200)), image_format)
+    with pytest.raises(UnsupportedImageError, match="truncated or corrupt"):
+        decode(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("side", [8_000, 100_000], ids=["64MP", "10GP"])
+def test_pixel_bomb_is_refused_before_decoding(side: int) -> None:
+    data = png_header_only(side, side)  # in under 100 bytes
+    assert len(data) < 100
+    with pytest.raises(PayloadTooLargeError, match="the cap of 40 megapixels") as caught:
+        decode(data)
+    assert caught.value.status_code == 413
+
+
+def test_heic_pixel_cap_uses_the_header() -> None:
+    data = heic_bytes(photo((64, 64)))
+    with pytest.raises(PayloadTooLargeError, match="megapixels"):
+        decode_image(Upload("person_image", data), size=SIZE, max_pixels=1000)
+
+
+def test_exif_orientation_is_applied() -> None:
+    stored = Image.new("RGB", (80, 40), (255, 0, 0))
+    stored.paste((0, 0, 255), (0, 0, 40, 40))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image = decode(encode(stored, "JPEG", exif=exif.tobytes(), quality=95))
+    assert image.size == (40, 80)
+    top_r, _, top_b = image.getpixel((20, 5))
+    assert top_b > 200 and top_r < 60  # the stored left (blue) half is now on top
+
+
+def test_rgba_is_composited_on_white() -> None:
+    image = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    image.putpixel((0, 0), (255, 0, 0, 255))
+    decoded = decode(encode(image, "PNG"))
+    assert decoded.mode == "RGB"
+    assert decoded.getpixel((5, 5)) == (255, 255, 255)
+    assert decoded.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_palette_with_transparency_is_composited_on_white() -> None:
+    image = Image.new("P", (10, 10), 0)
+    image.putpalette([0, 0, 0, 0, 200, 0] + [0] * 762)
+    image.putpixel((1, 1), 1)
+    decoded = decode(encode(image, "PNG", transparency=0))
+    assert decoded.getpixel((5, 5)) == (255, 255, 255)
+    assert decoded.getpixel((1, 1)) == (0, 200, 0)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped() -> None:
+    image = Image.new("I;16", (10, 10), 32768)
+    decoded = decode(encode(image, "PNG"))
+    assert decoded.mode == "RGB"
+    assert decoded.getpixel((0, 0))[0] == 128
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    image = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # red
+    decoded = decode(encode(image, "JPEG", quality=95))
+    red, green, blue = decoded.getpixel((10, 10))
+    assert decoded.mode == "RGB" and red > 200 and green < 60 and blue < 60
+
+
+def test_mask_keeps_its_mode() -> None:
+    mask = Image.new("L", (20, 20), 0)
+    decoded = decode(encode(mask, "PNG"), field="mask_image", rgb=False)
+    assert decoded.mode == "L"
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
+    data = encode(photo((1600, 1200)), "JPEG")
+    image = decode_image(Upload("person_image", data), size=(192, 256), max_pixels=MAX_PIXELS)
+    # 1/4 scale still covers 192x256 in both directions; 1/8 would not.
+    assert image.size == (400, 300)
+
+
+def test_reduced_scale_accounts_for_exif_rotation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(photo((1600, 1200)), "JPEG", exif=exif.tobytes())
+    image = decode_image(Upload("person_image", data), size=(300, 400), max_pixels=MAX_PIXELS)
+    assert image.size == (300, 400)  # displayed portrait; 1/4 scale of the stored landscape
