@@ -1,0 +1,247 @@
+"""The CatVTON try-on pipeline: components passed in, ``__call__`` in numbered stages.
+
+The person (with the region to repaint greyed out) and the garment are encoded by the VAE and
+stacked along the HEIGHT axis into one latent image; the UNet denoises that stack and only the
+person half is decoded. The published weights were trained with height (not width) concatenation.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from PIL import Image
+
+from catvton.errors import InvalidInputError
+from catvton.preprocess import (
+    fit_cloth,
+    fit_mask,
+    fit_person,
+    image_to_tensor,
+    mask_to_tensor,
+    repaint_blend,
+    smooth_mask,
+    tensor_to_image,
+)
+
+DEFAULT_SIZE = (768, 1024)
+# DDIM with eta = 1 draws fresh noise each step (DDPM-like), as CatVTON was published with.
+DDIM_ETA = 1.0
+MAX_INFERENCE_STEPS = 1000
+# Seeds stay below 2**32 so that they survive JSON and JavaScript numbers unchanged.
+MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1
+
+
+@dataclass(frozen=True)
+class TryOnResult:
+    """One try-on: the image (RGB, working size), the seed that reproduces it, seconds per stage."""
+
+    image: Image.Image
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class CatVTONPipeline:
+    """CatVTON inference on ready components.
+
+    ``unet`` must already carry the try-on self-attention weights and the pass-through
+    cross-attention (see ``catvton.loading.load_pipeline``, which builds all of this). All
+    components must sit on ``device`` in ``dtype``; ``size`` is the working size ``(W, H)``.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        *,
+        size: tuple[int, int] = DEFAULT_SIZE,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        width, height = size
+        if width % 8 or height % 8 or width <= 0 or height <= 0:
+            raise InvalidInputError(f"size must be positive multiples of 8 (W, H); got {size}")
+        self.unet = unet
+        self.vae = vae
+        self.scheduler = scheduler
+        self.size = (width, height)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.latent_scale = vae.config.scaling_factor  # 0.18215 for sd-vae-ft-mse
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        person_image: Image.Image,
+        cloth_image: Image.Image,
+        mask_image: Image.Image,
+        *,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 2.5,
+        seed: int = 42,
+        repaint: bool = False,
+    ) -> TryOnResult:
+        """Dress ``person_image`` in ``cloth_image`` inside ``mask_image`` (white = repaint).
+
+        Images may have any size and mode: they are fitted to the working size here (a no-op when
+        already fitted). ``guidance_scale <= 1`` runs the conditional pass alone (half the work).
+        ``seed=-1`` picks a random seed; the result reports the seed used. Equal seeds give equal
+        images on the same device and dtype. Raises InvalidInputError naming the bad argument.
+        """
+        _check_arguments(
+            person_image, cloth_image, mask_image, num_inference_steps, guidance_scale, seed
+        )
+        seed = secrets.randbelow(MAX_SEED + 1) if seed == RANDOM_SEED else seed
+        use_guidance = guidance_scale > 1.0
+        timings: dict[str, float] = {}
+        width, height = self.size
+        latent_h, latent_w = height // 8, width // 8
+
+        # 1. Preprocess: fit to the working size, smooth and binarise the mask.
+        with self._timed(timings, "preprocess"):
+            person = fit_person(person_image, self.size)
+            cloth = fit_cloth(cloth_image, self.size)
+            mask = smooth_mask(fit_mask(mask_image, self.size))
+            person_tensor = image_to_tensor(person).to(self.device, self.dtype)  # (1, 3, H, W)
+            cloth_tensor = image_to_tensor(cloth).to(self.device, self.dtype)  # (1, 3, H, W)
+            mask_tensor = mask_to_tensor(mask).to(self.device, self.dtype)  # (1, 1, H, W)
+
+        # 2. Encode the masked person and the garment in one VAE batch; posterior mean, so equal
+        #    seeds give equal images (the reference samples the posterior with the global RNG).
+        with self._timed(timings, "encode"):
+            masked_person = person_tensor * (mask_tensor < 0.5)  # masked pixels -> 0 (mid grey)
+            images = torch.cat([masked_person, cloth_tensor])  # (2, 3, H, W)
+            latents = self.vae.encode(images).latent_dist.mode() * self.latent_scale
+            person_latents, cloth_latents = latents.float().chunk(2)  # (1, 4, h, w) each
+
+        # 3. Prepare the denoising inputs. The generator's first use is the initial noise.
+        with self._timed(timings, "prepare"):
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            self.scheduler.set_timesteps(num_inference_steps)
+            noise_latents = torch.randn(
+                (1, 4, 2 * latent_h, latent_w),
+                generator=generator,
+                device=self.device,
+                dtype=torch.float32,
+            )  # (1, 4, 2h, w)
+            latents = noise_latents * self.scheduler.init_noise_sigma
+            mask_latents = torch.nn.functional.interpolate(
+                mask_tensor, size=(latent_h, latent_w), mode="nearest"
+            )  # (1, 1, h, w)
+            # The garment half of the stack is always "keep".
+            mask_latents = torch.cat([mask_latents, torch.zeros_like(mask_latents)], dim=-2)
+            cond_latents = torch.cat([person_latents, cloth_latents], dim=-2)  # (1, 4, 2h, w)
+            if use_guidance:
+                # Unconditional: the same masked person with an all-zero garment half.
+                uncond_latents = torch.cat([person_latents, torch.zeros_like(cloth_latents)], -2)
+                cond_latents = torch.cat([uncond_latents, cond_latents])  # (2, 4, 2h, w)
+                mask_latents = mask_latents.expand(2, -1, -1, -1)
+            # The 5 condition channels never change: write them once, refresh the first 4 per step.
+            unet_input = torch.cat(
+                [torch.empty_like(cond_latents), mask_latents, cond_latents], dim=1
+            ).to(self.dtype)  # (B, 9, 2h, w)
+
+        # 4. Denoise: one UNet call per step on [uncond, cond] (or cond alone), DDIM with eta 1.
+        with self._timed(timings, "denoise"):
+            for timestep in self.scheduler.timesteps.tolist():
+                unet_input[:, :4] = self.scheduler.scale_model_input(latents, timestep)
+                noise_pred = self.unet(
+                    unet_input, timestep, encoder_hidden_states=None, return_dict=False
+                )[0].float()  # (B, 4, 2h, w)
+                if use_guidance:
+                    noise_uncond, noise_cond = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                latents = self.scheduler.step(
+                    noise_pred, timestep, latents, eta=DDIM_ETA, generator=generator
+                ).prev_sample
+
+        # 5. Decode the person half only (rows 0..h-1 of the stack).
+        with self._timed(timings, "decode"):
+            person_half = latents[:, :, :latent_h] / self.latent_scale  # (1, 4, h, w)
+            decoded = self._decode(person_half)  # (1, 3, H, W) in [-1, 1]
+
+        # 6. Postprocess: to 8-bit RGB; optionally paste the original back outside the mask.
+        with self._timed(timings, "postprocess"):
+            image = tensor_to_image(decoded / 2 + 0.5)
+            if repaint:
+                image = repaint_blend(person, image, mask)
+        return TryOnResult(image=image, seed=seed, timings=timings)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE-decode; a non-finite half-precision result is decoded again in fp32.
+
+        sd-vae-ft-mse can overflow in fp16 at some inputs, which would come out as a black image.
+        """
+        decoded = self.vae.decode(latents.to(self.dtype)).sample
+        if self.dtype == torch.float32 or torch.isfinite(decoded).all():
+            return decoded.float()
+        self.vae.to(torch.float32)
+        try:
+            return self.vae.decode(latents.float()).sample
+        finally:
+            self.vae.to(self.dtype)
+
+    @contextmanager
+    def _timed(self, timings: dict[str, float], stage: str) -> Iterator[None]:
+        """Record a stage's wall time, waiting for queued device work so the time is the stage's."""
+        start = time.perf_counter()
+        yield
+        _synchronize(self.device)
+        timings[stage] = time.perf_counter() - start
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _check_arguments(
+    person_image: object,
+    cloth_image: object,
+    mask_image: object,
+    num_inference_steps: object,
+    guidance_scale: object,
+    seed: object,
+) -> None:
+    """Refuse bad arguments before any work, naming the argument and what is allowed."""
+    for name, value in (
+        ("person_image", person_image),
+        ("cloth_image", cloth_image),
+        ("mask_image", mask_image),
+    ):
+        if not isinstance(value, Image.Image):
+            raise InvalidInputError(f"{name} must be a PIL image; got {type(value).__name__}")
+        if value.width < 1 or value.height < 1:
+            raise InvalidInputError(f"{name} is empty ({value.width}x{value.height})")
+    if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
+        raise InvalidInputError(
+            f"num_inference_steps must be an integer from 1 to {MAX_INFERENCE_STEPS}; "
+            f"got {num_inference_steps!r}"
+        )
+    if (
+        isinstance(guidance_scale, bool)
+        or not isinstance(guidance_scale, int | float)
+        or not math.isfinite(guidance_scale)
+        or guidance_scale < 0
+    ):
+        raise InvalidInputError(
+            f"guidance_scale must be a finite number >= 0; got {guidance_scale!r}"
+        )
+    if not _is_int(seed) or not RANDOM_SEED <= seed <= MAX_SEED:
+        raise InvalidInputError(
+            f"seed must be an integer from 0 to {MAX_SEED}, or -1 for a random seed; got {seed!r}"
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

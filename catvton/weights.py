@@ -1,0 +1,221 @@
+"""Where the weights live: a weights folder, local folders or hub ids -> verified local files.
+
+One weights folder holds one subfolder per published hub repo, named after the repo::
+
+    WEIGHTS/
+      stable-diffusion-inpainting/unet/{config.json, diffusion_pytorch_model.safetensors}
+      stable-diffusion-inpainting/scheduler/scheduler_config.json
+      sd-vae-ft-mse/{config.json, diffusion_pytorch_model.safetensors}
+      CatVTON/mix-48k-1024/attention/model.safetensors   (and the other attention versions)
+      CatVTON/SCHP/..., CatVTON/DensePose/...            (the AutoMasker's files)
+
+``python -m catvton download WEIGHTS`` fills it with huggingface_hub, fetching only these files.
+Nothing here reads tensors: ``catvton.loading`` turns the verified paths into networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+from catvton.errors import InvalidInputError, WeightsNotFoundError
+
+DEFAULT_BASE_MODEL = "booksforcharlie/stable-diffusion-inpainting"
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
+DEFAULT_CATVTON = "zhengchong/CatVTON"
+
+BASE_MODEL_FOLDER = "stable-diffusion-inpainting"
+VAE_FOLDER = "sd-vae-ft-mse"
+CATVTON_FOLDER = "CatVTON"
+
+ATTENTION_VERSIONS = ("mix-48k-1024", "vitonhd-16k-512", "dresscode-16k-512")
+DEFAULT_ATTENTION_VERSION = "mix-48k-1024"
+
+UNET_CONFIG = "unet/config.json"
+# In order of preference; the fp16 variant halves the download and loads into any dtype.
+UNET_WEIGHTS = (
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+)
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
+VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+DOWNLOAD_COMMAND = "python -m catvton download DIR"
+
+
+def attention_file_name(version: str) -> str:
+    """Path of an attention version's checkpoint inside the CatVTON repo."""
+    return f"{version}/attention/model.safetensors"
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Local, verified paths of every file the pipeline (and, optionally, the AutoMasker) reads."""
+
+    unet_dir: Path
+    scheduler_dir: Path
+    vae_dir: Path
+    attention_file: Path
+    catvton_dir: Path
+    attention_version: str = DEFAULT_ATTENTION_VERSION
+
+
+@dataclass(frozen=True)
+class WeightSources:
+    """Where each component comes from.
+
+    Each of ``base_model``, ``vae`` and ``catvton`` is a local folder (laid out like its hub repo)
+    or a hub id; when left out it is the matching subfolder of ``weights_dir``, or, without
+    ``weights_dir``, the default hub repo. Hub ids go through huggingface_hub's cache (offline when
+    ``HF_HUB_OFFLINE=1``).
+    """
+
+    weights_dir: Path | None = None
+    base_model: str | Path | None = None
+    vae: str | Path | None = None
+    catvton: str | Path | None = None
+    attention_version: str = DEFAULT_ATTENTION_VERSION
+
+    def resolve(self, *, require_masker: bool = False) -> ResolvedWeights:
+        """Find every file locally (or in the hub cache) and return their paths.
+
+        ``require_masker=True`` also checks the AutoMasker's files (``MASKER_FILES``) in the CatVTON
+        folder. Raises WeightsNotFoundError naming the first missing file and the command that
+        fetches it, InvalidInputError for an unknown ``attention_version``.
+        """
+        if self.attention_version not in ATTENTION_VERSIONS:
+            raise InvalidInputError(
+                f"attention_version must be one of {', '.join(ATTENTION_VERSIONS)}; "
+                f"got {self.attention_version!r}"
+            )
+        base = self._component(self.base_model, BASE_MODEL_FOLDER, DEFAULT_BASE_MODEL)
+        vae = self._component(self.vae, VAE_FOLDER, DEFAULT_VAE)
+        catvton = self._component(self.catvton, CATVTON_FOLDER, DEFAULT_CATVTON)
+
+        unet_config = base.file(UNET_CONFIG)
+        base.first_file(UNET_WEIGHTS)
+        scheduler_config = base.file(SCHEDULER_CONFIG)
+        vae_config = vae.file(VAE_FILES[0])
+        vae.file(VAE_FILES[1])
+        attention_file = catvton.file(attention_file_name(self.attention_version))
+        if require_masker:
+            from catvton.masking import MASKER_FILES  # the masker package is only needed here
+
+            for name in MASKER_FILES:
+                catvton.file(name)
+        return ResolvedWeights(
+            unet_dir=unet_config.parent,
+            scheduler_dir=scheduler_config.parent,
+            vae_dir=vae_config.parent,
+            attention_file=attention_file,
+            catvton_dir=catvton.root_of(
+                attention_file, attention_file_name(self.attention_version)
+            ),
+            attention_version=self.attention_version,
+        )
+
+    def _component(self, given: str | Path | None, folder: str, default_repo: str) -> _Component:
+        if given is None:
+            if self.weights_dir is None:
+                return _Component(repo_id=default_repo)
+            return _Component(local_dir=Path(self.weights_dir) / folder, fix=_download_fix())
+        if Path(given).is_dir():
+            return _Component(
+                local_dir=Path(given),
+                fix=f"Copy {folder}'s files there, or run "
+                f"{DOWNLOAD_COMMAND} and point at DIR/{folder}.",
+            )
+        if isinstance(given, Path) or str(given).count("/") != 1:
+            raise WeightsNotFoundError(
+                given, fix=f"Give a folder that exists or a hub id like {default_repo!r}."
+            )
+        return _Component(repo_id=str(given))
+
+
+@dataclass(frozen=True)
+class _Component:
+    """One published repo: a local folder laid out like it, or its hub id (via the hub cache)."""
+
+    local_dir: Path | None = None
+    repo_id: str | None = None
+    fix: str = ""
+
+    def file(self, name: str) -> Path:
+        """Local path of ``name``; raises WeightsNotFoundError naming it."""
+        if self.local_dir is not None:
+            path = self.local_dir / name
+            if not path.is_file():
+                raise WeightsNotFoundError(path, fix=self.fix)
+            return path
+        try:
+            return Path(hf_hub_download(self.repo_id, name))
+        except LocalEntryNotFoundError as error:
+            raise WeightsNotFoundError(
+                f"{self.repo_id}/{name}",
+                fix=f"Not in the hub cache and the hub cannot be reached "
+                f"({error.__class__.__name__}); unset HF_HUB_OFFLINE to fetch it, or run "
+                f"{DOWNLOAD_COMMAND} and pass --weights DIR.",
+            ) from error
+        except (EntryNotFoundError, HfHubHTTPError) as error:
+            raise WeightsNotFoundError(
+                f"{self.repo_id}/{name}", fix=f"The hub refused it: {error}"
+            ) from error
+
+    def first_file(self, names: tuple[str, ...]) -> Path:
+        """The first of ``names`` that exists (a local folder) or the first one (a hub id)."""
+        if self.local_dir is not None:
+            for name in names:
+                if (self.local_dir / name).is_file():
+                    return self.local_dir / name
+        return self.file(names[0])
+
+    @staticmethod
+    def root_of(path: Path, name: str) -> Path:
+        """The repo root that holds ``path`` as ``name`` (hub-cache snapshot folders too)."""
+        return path.parents[len(Path(name).parts) - 1]
+
+
+def _download_fix() -> str:
+    return (
+        f"Fetch the weights with: {DOWNLOAD_COMMAND} (or write test weights with "
+        "python -m catvton make-tiny-weights DIR)."
+    )
+
+
+def download_weights(
+    weights_dir: Path,
+    *,
+    attention_versions: tuple[str, ...] = (DEFAULT_ATTENTION_VERSION,),
+    include_masker: bool = True,
+    unet_variant: str | None = None,
+) -> Path:
+    """Fill ``weights_dir`` from the hub with exactly the files the pipeline (and masker) read.
+
+    ``unet_variant="fp16"`` fetches the half-precision UNet (1.7 GB instead of 3.4 GB). Honours
+    ``HF_HUB_OFFLINE``: files already in ``weights_dir`` are kept, nothing else is fetched.
+    Returns ``weights_dir``.
+    """
+    from catvton.masking import MASKER_FILES  # the masker package is only needed here
+
+    weights_dir = Path(weights_dir)
+    unet_file = UNET_WEIGHTS[1] if unet_variant == "fp16" else UNET_WEIGHTS[0]
+    plan = {
+        (DEFAULT_BASE_MODEL, BASE_MODEL_FOLDER): [UNET_CONFIG, unet_file, SCHEDULER_CONFIG],
+        (DEFAULT_VAE, VAE_FOLDER): list(VAE_FILES),
+        (DEFAULT_CATVTON, CATVTON_FOLDER): [
+            *(attention_file_name(version) for version in attention_versions),
+            *(MASKER_FILES if include_masker else ()),
+        ],
+    }
+    for (repo_id, folder), names in plan.items():
+        for name in names:
+            try:
+                hf_hub_download(repo_id, name, local_dir=weights_dir / folder)
+            except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError) as error:
+                raise WeightsNotFoundError(
+                    f"{repo_id}/{name}", fix=f"Downloading it failed: {error}"
+                ) from error
+    return weights_dir

@@ -1,0 +1,38 @@
+"""Shared fixtures: one tiny weights folder per test session, written by the real writer and read by
+the real loader; GPU-only tests skipped without CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from catvton import CatVTONPipeline, WeightSources, load_pipeline
+from catvton.tiny import TINY_SIZE, write_tiny_weights
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete weights folder (pipeline and masker files) with tiny random networks."""
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_weights: Path) -> CatVTONPipeline:
+    """The pipeline loaded from ``tiny_weights`` on the CPU in fp32 at ``TINY_SIZE`` (96 x 128)."""
+    return load_pipeline(
+        WeightSources(weights_dir=tiny_weights).resolve(),
+        device="cpu",
+        dtype="fp32",
+        size=TINY_SIZE,
+    )
