@@ -1,0 +1,109 @@
+"""Small random masker checkpoints in the published formats, names and folder layout.
+
+The same loader reads these and the real files: the networks' widths come from tensor shapes. They
+are a few hundred kB, and the masker runs on them in well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from catvton.masking.automasker import DENSEPOSE_FILE, SCHP_ATR_FILE, SCHP_LIP_FILE
+from catvton.masking.densepose import DensePoseConfig, DensePoseRCNN
+from catvton.masking.rules import ATR_LABELS, LIP_LABELS
+from catvton.masking.schp import AugmentCE2P, SCHPConfig
+
+TINY_SCHP = {
+    "stem_channels": (8, 8, 16),
+    "layer_planes": (4, 8, 8, 16),
+    "layer_blocks": (1, 1, 2, 1),
+    "context_channels": 16,
+    "edge_channels": 8,
+    "decoder_channels": 8,
+    "decoder_skip_channels": 4,
+    "fusion_channels": 8,
+}
+TINY_DENSEPOSE = DensePoseConfig(
+    stem_channels=4,
+    stage_blocks=(1, 1, 2, 1),
+    stage_bottleneck_channels=(4, 4, 8, 8),
+    stage_out_channels=(8, 16, 32, 64),
+    fpn_channels=8,
+    box_head_channels=16,
+    decoder_channels=8,
+    decoder_out_channels=8,
+    head_channels=8,
+    head_convs=2,
+)
+# Box classifier bias (person, background) with zero weights: every proposal scores ~1 as a person,
+# and zero box deltas keep the proposals on their anchors, so tests on tiny weights run the box,
+# RoIAlign and paste code on sensible boxes instead of always finding nobody.
+TINY_PERSON_LOGITS = (8.0, -8.0)
+TINY_ZEROED = (
+    "proposal_generator.rpn_head.anchor_deltas.weight",
+    "proposal_generator.rpn_head.anchor_deltas.bias",
+    "roi_heads.box_predictor.bbox_pred.weight",
+    "roi_heads.box_predictor.bbox_pred.bias",
+    "roi_heads.box_predictor.cls_score.weight",
+)
+
+
+def random_state_dict(network: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """He-scaled random weights and plausible batch-norm statistics, from `generator` only."""
+    shapes = {name: tensor.shape for name, tensor in network.state_dict().items()}
+    state_dict = {}
+    for name, shape in shapes.items():
+        is_norm_scale = (
+            name.endswith(".weight") and name[: -len("weight")] + "running_var" in shapes
+        )
+        if name.endswith("running_var"):
+            value = torch.rand(shape, generator=generator) + 0.5
+        elif len(shape) > 1:
+            fan_in = shape[1] * shape[2:].numel() if len(shape) > 2 else shape[1]
+            value = torch.randn(shape, generator=generator) * (2.0 / fan_in) ** 0.5
+        elif is_norm_scale:
+            value = 1.0 + 0.1 * torch.randn(shape, generator=generator)
+        else:
+            value = 0.1 * torch.randn(shape, generator=generator)
+        state_dict[name] = value
+    return state_dict
+
+
+def _write_schp(path: Path, num_classes: int, generator: torch.Generator) -> None:
+    with torch.device("meta"):
+        network = AugmentCE2P(SCHPConfig(num_classes=num_classes, **TINY_SCHP))
+    weights = random_state_dict(network, generator)
+    # Published layout: DataParallel's `module.` prefix, under `state_dict`.
+    checkpoint = {"state_dict": {f"module.{name}": value for name, value in weights.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+
+
+def _write_densepose(path: Path, generator: torch.Generator) -> None:
+    with torch.device("meta"):
+        network = DensePoseRCNN(TINY_DENSEPOSE)
+    weights = random_state_dict(network, generator)
+    for name in TINY_ZEROED:
+        weights[name].zero_()
+    weights["roi_heads.box_predictor.cls_score.bias"] = torch.tensor(TINY_PERSON_LOGITS)
+    # Published layout: a plain pickle of numpy arrays in detectron2's model-zoo dict.
+    checkpoint = {
+        "model": {name: value.numpy() for name, value in weights.items()},
+        "__author__": "catvton tiny random weights",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        pickle.dump(checkpoint, handle)
+
+
+def write_tiny_masker_weights(catvton_dir: Path, *, seed: int = 0) -> None:
+    """Write tiny random `SCHP/` and `DensePose/` checkpoints under `catvton_dir`."""
+    catvton_dir = Path(catvton_dir)
+    generator = torch.Generator().manual_seed(seed)
+    _write_schp(catvton_dir / SCHP_ATR_FILE, len(ATR_LABELS), generator)
+    _write_schp(catvton_dir / SCHP_LIP_FILE, len(LIP_LABELS), generator)
+    _write_densepose(catvton_dir / DENSEPOSE_FILE, generator)
