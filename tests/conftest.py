@@ -11,8 +11,9 @@ import torch
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.tiny import TINY_SIZE, write_tiny_weights
 
-# The tiny networks are overhead-bound: a second intra-op thread gains nothing, and on a shared 2-core
-# machine spinning OpenMP threads made runs up to 40x slower. Tests only; the library sets no threads.
+# The tiny networks are overhead-bound: a second intra-op thread gains nothing, and on a shared
+# 2-core machine spinning OpenMP threads made runs up to 40x slower. Tests only: the library sets no
+# thread count.
 torch.set_num_threads(1)
 
 
