@@ -23,6 +23,7 @@ from catvton.configs import (
     TINY_VAE_CONFIG,
     model_kwargs,
 )
+from catvton.masking import write_tiny_masker_weights
 
 # A working size for the tiny networks: 3:4 like the real one, small enough for a 2-step run in well
 # under a second on a 2-core CPU. Multiples of 32 keep every UNet level an integer size.
@@ -62,6 +63,9 @@ def write_tiny_weights(weights_dir: Path, *, seed: int = 0) -> Path:
         path = catvton_dir / weights.attention_file_name(version)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={"format": "pt"})
+
+    # 4. AutoMasker checkpoints (SCHP, DensePose), written by the masking package in their formats.
+    write_tiny_masker_weights(catvton_dir, seed=seed)
     return weights_dir
 
 

@@ -22,6 +22,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
 from catvton.errors import InvalidInputError, WeightsNotFoundError
+from catvton.masking import MASKER_FILES
 
 DEFAULT_BASE_MODEL = "booksforcharlie/stable-diffusion-inpainting"
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
@@ -102,8 +103,6 @@ class WeightSources:
         vae.file(VAE_FILES[1])
         attention_file = catvton.file(attention_file_name(self.attention_version))
         if require_masker:
-            from catvton.masking import MASKER_FILES  # the masker package is only needed here
-
             for name in MASKER_FILES:
                 catvton.file(name)
         return ResolvedWeights(
@@ -198,8 +197,6 @@ def download_weights(
     ``HF_HUB_OFFLINE``: files already in ``weights_dir`` are kept, nothing else is fetched.
     Returns ``weights_dir``.
     """
-    from catvton.masking import MASKER_FILES  # the masker package is only needed here
-
     weights_dir = Path(weights_dir)
     unet_file = UNET_WEIGHTS[1] if unet_variant == "fp16" else UNET_WEIGHTS[0]
     plan = {
