@@ -63,8 +63,7 @@ def random_state_dict(network: nn.Module, generator: torch.Generator) -> dict[st
         if name.endswith("running_var"):
             value = torch.rand(shape, generator=generator) + 0.5
         elif len(shape) > 1:
-            fan_in = shape[1] * shape[2:].numel() if len(shape) > 2 else shape[1]
-            value = torch.randn(shape, generator=generator) * (2.0 / fan_in) ** 0.5
+            value = torch.randn(shape, generator=generator) * (2.0 / shape[1:].numel()) ** 0.5
         elif is_norm_scale:
             value = 1.0 + 0.1 * torch.randn(shape, generator=generator)
         else:
@@ -73,37 +72,49 @@ def random_state_dict(network: nn.Module, generator: torch.Generator) -> dict[st
     return state_dict
 
 
-def _write_schp(path: Path, num_classes: int, generator: torch.Generator) -> None:
-    with torch.device("meta"):
-        network = AugmentCE2P(SCHPConfig(num_classes=num_classes, **TINY_SCHP))
-    weights = random_state_dict(network, generator)
-    # Published layout: DataParallel's `module.` prefix, under `state_dict`.
-    checkpoint = {"state_dict": {f"module.{name}": value for name, value in weights.items()}}
+def save_schp_checkpoint(
+    path: Path, state_dict: dict[str, torch.Tensor], *, legacy_format: bool = False
+) -> None:
+    """Save SCHP weights as published: under `state_dict`, with DataParallel's `module.` prefix.
+
+    `legacy_format` writes torch's pre-1.6 (non-zip) serialization, as files from 2019 may use.
+    """
+    checkpoint = {"state_dict": {f"module.{name}": value for name, value in state_dict.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy_format)
 
 
-def _write_densepose(path: Path, generator: torch.Generator) -> None:
-    with torch.device("meta"):
-        network = DensePoseRCNN(TINY_DENSEPOSE)
-    weights = random_state_dict(network, generator)
-    for name in TINY_ZEROED:
-        weights[name].zero_()
-    weights["roi_heads.box_predictor.cls_score.bias"] = torch.tensor(TINY_PERSON_LOGITS)
-    # Published layout: a plain pickle of numpy arrays in detectron2's model-zoo dict.
+def save_detectron2_pkl(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Save detector weights as published: a plain pickle of numpy arrays under `model`."""
     checkpoint = {
-        "model": {name: value.numpy() for name, value in weights.items()},
-        "__author__": "catvton tiny random weights",
+        "model": {name: value.numpy() for name, value in state_dict.items()},
+        "__author__": "catvton random weights",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
         pickle.dump(checkpoint, handle)
 
 
+def _tiny_schp(num_classes: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        network = AugmentCE2P(SCHPConfig(num_classes=num_classes, **TINY_SCHP))
+    return random_state_dict(network, generator)
+
+
+def _tiny_densepose(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        network = DensePoseRCNN(TINY_DENSEPOSE)
+    weights = random_state_dict(network, generator)
+    for name in TINY_ZEROED:
+        weights[name].zero_()
+    weights["roi_heads.box_predictor.cls_score.bias"] = torch.tensor(TINY_PERSON_LOGITS)
+    return weights
+
+
 def write_tiny_masker_weights(catvton_dir: Path, *, seed: int = 0) -> None:
     """Write tiny random `SCHP/` and `DensePose/` checkpoints under `catvton_dir`."""
     catvton_dir = Path(catvton_dir)
     generator = torch.Generator().manual_seed(seed)
-    _write_schp(catvton_dir / SCHP_ATR_FILE, len(ATR_LABELS), generator)
-    _write_schp(catvton_dir / SCHP_LIP_FILE, len(LIP_LABELS), generator)
-    _write_densepose(catvton_dir / DENSEPOSE_FILE, generator)
+    save_schp_checkpoint(catvton_dir / SCHP_ATR_FILE, _tiny_schp(len(ATR_LABELS), generator))
+    save_schp_checkpoint(catvton_dir / SCHP_LIP_FILE, _tiny_schp(len(LIP_LABELS), generator))
+    save_detectron2_pkl(catvton_dir / DENSEPOSE_FILE, _tiny_densepose(generator))
