@@ -17,6 +17,7 @@ MASK_THRESHOLD = 0.5
 # Repaint blends over a soft seam about 2% of the image height wide.
 REPAINT_BLUR_DIVISOR = 50
 WHITE = (255, 255, 255)
+EXIF_ORIENTATION = 0x0112
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -25,7 +26,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Handles palette, RGBA/LA, grayscale, CMYK and 16/32-bit inputs. Returns ``image`` itself when
     there is nothing to do.
     """
-    image = ImageOps.exif_transpose(image)
+    image = _upright(image)
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -86,7 +87,7 @@ def fit_mask(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """
     if image.size == tuple(size) and image.mode == "L" and _is_binary(image):
         return image
-    mask = ImageOps.exif_transpose(image).convert("L").point(lambda v: 255 if v > 0 else 0)
+    mask = _upright(image).convert("L").point(lambda v: 255 if v > 0 else 0)
     if mask.size != tuple(size):
         box = person_crop_box(mask.size, size)
         mask = mask.crop(box).resize(size, Image.Resampling.LANCZOS)
@@ -131,6 +132,13 @@ def repaint_blend(person: Image.Image, result: Image.Image, mask: Image.Image) -
         + np.asarray(result, dtype=np.float32) * weight
     )
     return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phones store photos sideways and rely on it); no copy if none."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def _binarise(mask: Image.Image) -> Image.Image:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from catvton import CatVTONPipeline, InvalidInputError
+from catvton import CatVTONPipeline, InvalidInputError, WeightSources, load_pipeline
+from catvton.preprocess import fit_person
 from catvton.tiny import TINY_SIZE
 
 
@@ -75,3 +77,61 @@ def test_non_image_input_is_refused_by_name(tiny_pipeline, images) -> None:
     person, cloth, _ = images
     with pytest.raises(InvalidInputError, match="mask_image"):
         tiny_pipeline(person, cloth, np.zeros((4, 4)), num_inference_steps=1)
+
+
+def count_unet_batches(pipeline: CatVTONPipeline) -> tuple[list[int], object]:
+    """Record the batch size of every UNet call (a forward pre-hook; the UNet itself runs)."""
+    batches: list[int] = []
+    handle = pipeline.unet.register_forward_pre_hook(
+        lambda module, args: batches.append(args[0].shape[0])
+    )
+    return batches, handle
+
+
+@pytest.mark.parametrize(("guidance_scale", "batch"), [(1.0, 1), (0.5, 1), (2.5, 2)])
+def test_guidance_above_one_batches_uncond_and_cond(
+    tiny_pipeline, images, guidance_scale, batch
+) -> None:
+    batches, handle = count_unet_batches(tiny_pipeline)
+    try:
+        run(tiny_pipeline, images, num_inference_steps=3, guidance_scale=guidance_scale)
+    finally:
+        handle.remove()
+    assert batches == [batch] * 3
+
+
+def test_repaint_keeps_the_person_outside_the_mask(tiny_pipeline, images) -> None:
+    person, cloth, mask = images
+    # A person and mask already at the working size, so "outside" is easy to index.
+    person = fit_person(person, TINY_SIZE)
+    mask = Image.new("L", TINY_SIZE, 0)
+    mask.paste(255, (30, 40, 66, 90))
+    result = tiny_pipeline(person, cloth, mask, num_inference_steps=2, repaint=True)
+    plain = tiny_pipeline(person, cloth, mask, num_inference_steps=2, repaint=False)
+    outside = np.ones((TINY_SIZE[1], TINY_SIZE[0]), dtype=bool)
+    outside[40 - 20 : 90 + 20, 30 - 20 : 66 + 20] = False  # box + blur 9 + repaint blur 3
+    assert np.array_equal(np.asarray(result.image)[outside], np.asarray(person)[outside])
+    assert not np.array_equal(np.asarray(plain.image)[outside], np.asarray(person)[outside])
+    inside = np.asarray(result.image)[55:75, 40:56]
+    assert np.array_equal(inside, np.asarray(plain.image)[55:75, 40:56])
+
+
+def test_non_finite_half_precision_decode_is_retried_in_fp32(tiny_weights, images) -> None:
+    """Inject one overflow into the bf16 decoder: the pipeline decodes again in fp32."""
+    # bf16 convolutions are slow on a CPU: a 32 x 64 working size keeps this test quick.
+    resolved = WeightSources(weights_dir=tiny_weights).resolve()
+    pipeline = load_pipeline(resolved, device="cpu", dtype="bf16", size=(32, 64))
+    decoder_dtypes: list[torch.dtype] = []
+
+    def overflow_in_half(module, args, output):
+        decoder_dtypes.append(output.dtype)
+        return output * float("inf") if output.dtype == torch.bfloat16 else output
+
+    handle = pipeline.vae.decoder.register_forward_hook(overflow_in_half)
+    try:
+        result = run(pipeline, images, num_inference_steps=1, guidance_scale=1.0)
+    finally:
+        handle.remove()
+    assert decoder_dtypes == [torch.bfloat16, torch.float32]
+    assert np.asarray(result.image).std() > 0  # not a black (or white) picture
+    assert pipeline.vae.dtype == torch.bfloat16  # the VAE goes back to the pipeline's dtype

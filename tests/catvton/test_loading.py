@@ -1,0 +1,99 @@
+"""load_pipeline: device and dtype choice, the loaded components, and refusals of bad files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from catvton import CheckpointMismatchError, InvalidInputError, WeightSources, load_pipeline
+from catvton.attention import attention_key_scheme
+from catvton.loading import choose_device, choose_dtype, default_size
+
+
+def test_device_and_dtype_choice() -> None:
+    assert choose_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert choose_device(None) == torch.device("cpu")
+    assert choose_dtype(None, torch.device("cpu")) == torch.float32
+    assert choose_dtype(None, torch.device("cuda")) == torch.float16
+    assert choose_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert choose_dtype(torch.float16, torch.device("cpu")) == torch.float16
+    with pytest.raises(InvalidInputError, match="dtype"):
+        choose_dtype("fp8", torch.device("cpu"))
+    with pytest.raises(InvalidInputError, match="device"):
+        choose_device("gpu-please")
+
+
+def test_default_size_follows_the_attention_version() -> None:
+    assert default_size("mix-48k-1024") == (768, 1024)
+    assert default_size("vitonhd-16k-512") == (384, 512)
+    assert default_size("dresscode-16k-512") == (384, 512)
+
+
+def test_loaded_pipeline_carries_the_try_on_weights(tiny_pipeline, tiny_weights) -> None:
+    resolved = WeightSources(weights_dir=tiny_weights).resolve()
+    checkpoint = load_file(resolved.attention_file)
+    parameters = dict(tiny_pipeline.unet.named_parameters())
+    for key, target in attention_key_scheme(tiny_pipeline.unet).items():
+        assert torch.equal(parameters[target], checkpoint[key]), key
+    assert not any(".attn2.to_" in name for name in parameters)
+    assert tiny_pipeline.device == torch.device("cpu")
+    assert tiny_pipeline.dtype == torch.float32
+    assert tiny_pipeline.size == (96, 128)
+
+
+def test_scheduler_is_ddim_with_the_published_timesteps(tiny_pipeline) -> None:
+    scheduler = tiny_pipeline.scheduler
+    assert isinstance(scheduler, DDIMScheduler)
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert scheduler.config.timestep_spacing == "leading"
+    assert scheduler.config.prediction_type == "epsilon"
+    scheduler.set_timesteps(50)
+    timesteps = scheduler.timesteps.tolist()
+    assert timesteps[:3] == [981, 961, 941] and timesteps[-1] == 1 and len(timesteps) == 50
+
+
+def test_size_defaults_to_the_version_training_size(tiny_weights) -> None:
+    resolved = WeightSources(
+        weights_dir=tiny_weights, attention_version="vitonhd-16k-512"
+    ).resolve()
+    assert load_pipeline(resolved, device="cpu").size == (384, 512)
+
+
+@pytest.fixture
+def weights_copy(tiny_weights: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_weights, tmp_path / "weights"))
+
+
+def test_corrupt_attention_file_is_refused_by_name(weights_copy: Path) -> None:
+    path = weights_copy / "CatVTON/mix-48k-1024/attention/model.safetensors"
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointMismatchError, match=r"model\.safetensors"):
+        load_pipeline(WeightSources(weights_dir=weights_copy).resolve(), device="cpu")
+
+
+def test_attention_file_of_another_unet_is_refused(weights_copy: Path) -> None:
+    """A checkpoint made for a wider UNet: every mis-shaped key is reported."""
+    path = weights_copy / "CatVTON/mix-48k-1024/attention/model.safetensors"
+    wider = {key: torch.zeros(*(2 * d for d in t.shape)) for key, t in load_file(path).items()}
+    save_file(wider, path)
+    with pytest.raises(CheckpointMismatchError, match=r"mis-shaped tensors: 0\.to_q") as error:
+        load_pipeline(WeightSources(weights_dir=weights_copy).resolve(), device="cpu")
+    assert len(error.value.mismatched) == 80
+
+
+def test_non_inpainting_unet_is_refused(weights_copy: Path) -> None:
+    unet_dir = weights_copy / "stable-diffusion-inpainting/unet"
+    config = json.loads((unet_dir / "config.json").read_text())
+    config["in_channels"] = 4
+    for name in ("_class_name", "_diffusers_version"):
+        config.pop(name)
+    UNet2DConditionModel(**config).save_pretrained(unet_dir)
+    with pytest.raises(CheckpointMismatchError, match="9"):
+        load_pipeline(WeightSources(weights_dir=weights_copy).resolve(), device="cpu")

@@ -1,0 +1,149 @@
+"""Preprocessing: crop boxes, letterboxing, mask fitting and smoothing, modes, repaint blend."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catvton.preprocess import (
+    fit_cloth,
+    fit_mask,
+    fit_person,
+    image_to_tensor,
+    mask_to_tensor,
+    person_crop_box,
+    repaint_blend,
+    smooth_mask,
+    to_rgb,
+)
+
+SIZE = (96, 128)  # (W, H), 3:4 like 768 x 1024
+
+
+@pytest.mark.parametrize(
+    ("image_size", "box"),
+    [
+        ((300, 600), (0, 100, 300, 500)),  # taller than 3:4: keep the width, crop 400 rows centred
+        ((800, 600), (175, 0, 625, 600)),  # wider than 3:4: keep the height, crop 450 columns
+        ((768, 1024), (0, 0, 768, 1024)),  # exactly 3:4: the whole image
+        ((301, 401), (0, 0, 300, 401)),  # integer arithmetic: 401 * 3 // 4 = 300 columns
+    ],
+)
+def test_person_crop_box(image_size, box) -> None:
+    assert person_crop_box(image_size, (768, 1024)) == box
+
+
+def test_fit_person_crops_the_centre() -> None:
+    image = Image.new("RGB", (300, 600), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 100, 300, 500))  # the centre 3:4 band is red
+    fitted = fit_person(image, SIZE)
+    assert fitted.size == SIZE
+    assert np.array_equal(np.unique(np.asarray(fitted).reshape(-1, 3), axis=0), [[255, 0, 0]])
+
+
+def test_fit_cloth_letterboxes_on_white() -> None:
+    image = Image.new("RGB", (200, 100), (0, 0, 0))  # wide garment: white bars above and below
+    fitted = np.asarray(fit_cloth(image, SIZE))
+    assert fitted.shape == (128, 96, 3)
+    assert (fitted[:40] == 255).all() and (fitted[-40:] == 255).all()
+    assert (fitted[50:78] == 0).all()  # the garment, 96 x 48, centred
+
+
+def test_fit_functions_return_fitted_images_unchanged() -> None:
+    person = fit_person(Image.new("RGB", (50, 50)), SIZE)
+    cloth = fit_cloth(Image.new("RGB", (50, 50)), SIZE)
+    mask = fit_mask(Image.new("L", (50, 50), 3), SIZE)
+    assert fit_person(person, SIZE) is person
+    assert fit_cloth(cloth, SIZE) is cloth
+    assert fit_mask(mask, SIZE) is mask
+
+
+def test_fit_mask_counts_any_nonzero_pixel_and_crops_like_the_person() -> None:
+    mask = Image.new("L", (300, 600), 0)
+    mask.paste(1, (0, 300, 300, 500))  # faint but non-zero: the lower half of the crop
+    fitted = np.asarray(fit_mask(mask, SIZE))
+    assert set(np.unique(fitted)) == {0, 255}
+    assert (fitted[:60] == 0).all() and (fitted[68:] == 255).all()
+
+
+def test_smooth_mask_removes_specks_and_stays_binary() -> None:
+    mask = Image.new("L", SIZE, 0)
+    mask.paste(255, (20, 20, 70, 100))
+    mask.putpixel((5, 5), 255)  # a one-pixel island
+    smoothed = np.asarray(smooth_mask(mask))
+    assert set(np.unique(smoothed)) == {0, 255}
+    assert smoothed[5, 5] == 0
+    assert smoothed[60, 45] == 255
+
+
+def test_tensors_are_normalised() -> None:
+    image = Image.new("RGB", (8, 8), (0, 255, 0))
+    tensor = image_to_tensor(image)
+    assert tensor.shape == (1, 3, 8, 8)
+    assert tensor[0, :, 0, 0].tolist() == [-1.0, 1.0, -1.0]
+    mask = mask_to_tensor(Image.new("L", (8, 8), 255))
+    assert mask.shape == (1, 1, 8, 8) and mask.unique().tolist() == [1.0]
+
+
+def exif_rotated_jpeg() -> Image.Image:
+    """A 40 x 20 landscape JPEG whose EXIF says 'rotate 90 degrees': upright it is 20 x 40."""
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def test_exif_orientation_is_applied() -> None:
+    upright = to_rgb(exif_rotated_jpeg())
+    assert upright.size == (20, 40)
+    top, bottom = np.asarray(upright)[5, 10], np.asarray(upright)[35, 10]
+    assert top[2] > 200 and bottom[0] > 200  # the blue half ends up on top
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (30, 40), (255, 0, 0, 0)),  # fully transparent: white
+        Image.new("LA", (30, 40), (0, 0)),
+        Image.new("RGB", (30, 40), (255, 255, 255)).convert("P"),
+        Image.new("L", (30, 40), 255),
+        Image.new("CMYK", (30, 40), (0, 0, 0, 0)),
+        Image.fromarray(np.full((40, 30), 65535, dtype=np.uint16)),  # 16-bit grayscale
+    ],
+    ids=["RGBA", "LA", "P", "L", "CMYK", "I;16"],
+)
+def test_every_mode_becomes_white_rgb(image) -> None:
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == (30, 40)
+    assert (np.asarray(rgb) >= 254).all()
+    assert fit_person(image, SIZE).mode == "RGB"
+    assert fit_cloth(image, SIZE).mode == "RGB"
+
+
+def test_palette_with_transparency_composites_on_white() -> None:
+    image = Image.new("P", (10, 10), 0)
+    image.putpalette([0, 0, 0] * 256)
+    image.info["transparency"] = 0
+    assert (np.asarray(to_rgb(image)) == 255).all()
+
+
+def test_repaint_keeps_pixels_outside_the_blurred_mask() -> None:
+    rng = np.random.default_rng(0)
+    person = Image.fromarray(rng.integers(0, 256, (128, 96, 3), dtype=np.uint8))
+    result = Image.fromarray(rng.integers(0, 256, (128, 96, 3), dtype=np.uint8))
+    mask = Image.new("L", SIZE, 0)
+    mask.paste(255, (30, 40, 66, 90))
+    blended = np.asarray(repaint_blend(person, result, mask))
+    person_pixels, result_pixels = np.asarray(person), np.asarray(result)
+    # Radius 128 // 50 = 2 -> 3: well beyond the box plus a margin, the person is back exactly.
+    outside = np.ones((128, 96), dtype=bool)
+    outside[40 - 12 : 90 + 12, 30 - 12 : 66 + 12] = False
+    assert np.array_equal(blended[outside], person_pixels[outside])
+    assert np.array_equal(blended[55:75, 40:56], result_pixels[55:75, 40:56])
+    assert not np.array_equal(blended, person_pixels)
