@@ -4,7 +4,8 @@ Both published formats are pickles. Neither goes through the stock unpickler, wh
 the file names:
 
 - SCHP `.pth` files: `torch.load(weights_only=True)`, which reads the zip format and the legacy
-  (pre-1.6) format alike and only admits tensors and plain containers. The weights sit under
+  (pre-1.6) format alike and only admits tensors, plain containers and (allowed here) numpy
+  arrays, scalars and dtypes. The weights sit under
   `state_dict` with DataParallel's `module.` prefix.
 - the DensePose `.pkl` (detectron2 model zoo): `{"model": {name: numpy array}, ...}`, read with
   `RestrictedUnpickler`, which admits numpy arrays, numpy dtypes and plain containers only.
@@ -37,6 +38,24 @@ _ALLOWED_GLOBALS = {
     # Protocol-2 pickles written by Python 3 store raw bytes as `_codecs.encode(text, "latin1")`.
     ("_codecs", "encode"),
 }
+
+
+def _numpy_safe_globals() -> list[object]:
+    """numpy arrays, scalars and dtypes for `torch.load(weights_only=True)`, both module names.
+
+    Training scripts often store a metric as a numpy scalar beside the weights; torch's
+    weights-only unpickler refuses those unless allowed, and old files name `numpy.core`.
+    """
+    multiarray = np._core.multiarray
+    allowed: list[object] = [np.dtype, np.ndarray]
+    for name in ("_reconstruct", "scalar"):
+        function = getattr(multiarray, name)
+        allowed += [function, (function, f"numpy.core.multiarray.{name}")]
+    allowed += [
+        getattr(np.dtypes, f"{kind}DType")
+        for kind in ("Float64", "Float32", "Float16", "Int64", "Int32", "Bool")
+    ]
+    return allowed
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -80,7 +99,8 @@ def read_schp_pth(path: Path) -> StateDict:
     Accepts a bare state dict or one under `state_dict`; strips DataParallel's `module.` prefix.
     """
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
         raise CheckpointMismatchError(
             path, unexpected=[f"<unreadable checkpoint: {error}>"]

@@ -40,10 +40,9 @@ TINY_DENSEPOSE = DensePoseConfig(
     head_convs=2,
 )
 # Box classifier bias (person, background) with zero weights: every proposal scores ~1 as a person,
-# and zero box deltas keep the proposals on their anchors, so tests on tiny weights run the box,
-# RoIAlign and paste code on sensible boxes instead of always finding nobody.
-TINY_PERSON_LOGITS = (8.0, -8.0)
-TINY_ZEROED = (
+# and zero box deltas keep the proposals on their anchors.
+PERSON_LOGITS = (8.0, -8.0)
+ZEROED_FOR_PERSON = (
     "proposal_generator.rpn_head.anchor_deltas.weight",
     "proposal_generator.rpn_head.anchor_deltas.bias",
     "roi_heads.box_predictor.bbox_pred.weight",
@@ -101,13 +100,22 @@ def _tiny_schp(num_classes: int, generator: torch.Generator) -> dict[str, torch.
     return random_state_dict(network, generator)
 
 
+def make_detector_see_a_person(weights: dict[str, torch.Tensor]) -> None:
+    """Edit random detector weights in place so that every anchor becomes a certain person.
+
+    Random weights would rarely pass the 0.8 score threshold, and their box deltas throw boxes off
+    the image; with this edit the box, RoIAlign, DensePose head and paste code always run.
+    """
+    for name in ZEROED_FOR_PERSON:
+        weights[name].zero_()
+    weights["roi_heads.box_predictor.cls_score.bias"] = torch.tensor(PERSON_LOGITS)
+
+
 def _tiny_densepose(generator: torch.Generator) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         network = DensePoseRCNN(TINY_DENSEPOSE)
     weights = random_state_dict(network, generator)
-    for name in TINY_ZEROED:
-        weights[name].zero_()
-    weights["roi_heads.box_predictor.cls_score.bias"] = torch.tensor(TINY_PERSON_LOGITS)
+    make_detector_see_a_person(weights)
     return weights
 
 

@@ -52,6 +52,18 @@ def test_real_size_schp_loads_in_both_torch_formats(tmp_path: Path, legacy_forma
     assert not any(parameter.requires_grad for parameter in network.parameters())
 
 
+@pytest.mark.parametrize("legacy_format", [False, True], ids=["zip", "legacy"])
+def test_schp_file_with_numpy_metrics_beside_the_weights_loads(
+    masker_dir: Path, tmp_path: Path, legacy_format: bool
+) -> None:
+    """Training scripts store numpy scalars and arrays next to `state_dict`; they are data."""
+    checkpoint = torch.load(masker_dir / SCHP_ATR_FILE, weights_only=True)
+    checkpoint.update(miou=np.float64(0.8), epoch=150, history=np.zeros(3, dtype=np.float32))
+    path = tmp_path / "with_metrics.pth"
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy_format)
+    load_schp(path)
+
+
 def test_real_size_densepose_pkl_loads(tmp_path: Path) -> None:
     weights = real_size_weights(DensePoseRCNN, DensePoseConfig())
     path = tmp_path / DENSEPOSE_FILE
