@@ -38,7 +38,7 @@ from app.settings import Settings
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.errors import WeightsNotFoundError
 from catvton.masking import AutoMasker, load_automasker
-from catvton.tiny import write_tiny_weights
+from catvton.tiny import TINY_SIZE, write_tiny_weights
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,13 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     Raises WeightsNotFoundError / CheckpointMismatchError (and whatever torch raises) unchanged:
     the worker turns them into the reason /health reports.
     """
-    weights_dir = settings.weights_dir
+    weights_dir, size = settings.weights_dir, settings.working_size
     if settings.demo:
         progress(f"writing tiny demo weights to {settings.demo_dir}")
         logger.warning("DEMO MODE: tiny random weights in %s; results are noise", settings.demo_dir)
         weights_dir = write_tiny_weights(Path(settings.demo_dir))
+        # The tiny networks' attention is full-resolution: 768x1024 would take minutes on a CPU.
+        size = size or TINY_SIZE
     progress("resolving weights")
     sources = WeightSources(
         weights_dir=weights_dir,
@@ -72,9 +74,7 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     )
     resolved = sources.resolve()
     progress("loading the diffusion pipeline")
-    pipeline = load_pipeline(
-        resolved, device=settings.device, dtype=settings.dtype, size=settings.working_size
-    )
+    pipeline = load_pipeline(resolved, device=settings.device, dtype=settings.dtype, size=size)
     progress("loading the AutoMasker")
     masker = load_automasker(resolved.catvton_dir, device=settings.masker_device or pipeline.device)
     return Models(pipeline=pipeline, masker=masker)
@@ -320,6 +320,7 @@ class InferenceWorker:
             seed=options.seed,
             repaint=options.repaint,
         )
-        timings.update(result.timings)
+        # Prefixed: the pipeline's stage names (preprocess, encode, ...) recur in the route's.
+        timings.update({f"pipeline_{stage}": seconds for stage, seconds in result.timings.items()})
         logger.info("inference done: seed %d, %d steps", result.seed, options.num_inference_steps)
         return TryOnOutcome(image=result.image, seed=result.seed, timings=timings)

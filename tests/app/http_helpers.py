@@ -1,0 +1,132 @@
+"""Helpers for the real-HTTP tests: uvicorn on a free port in a thread, hand-written multipart."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+from PIL import Image
+
+from app.main import create_app
+from app.settings import Settings
+from app.worker import InferenceWorker
+from catvton.tiny import TINY_SIZE
+
+TINY_SIZE_TEXT = f"{TINY_SIZE[0]}x{TINY_SIZE[1]}"
+
+
+@contextmanager
+def serve(settings: Settings, worker: InferenceWorker | None = None) -> Iterator[str]:
+    """Run `create_app(settings, worker)` under uvicorn on 127.0.0.1:<free port>; yield its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings, worker), log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def wait_until_ready(base_url: str, timeout: float = 120.0) -> dict:
+    """Poll /health until it leaves "loading"; return its body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = httpx.get(f"{base_url}/health", timeout=5).json()
+        if body["status"] != "loading":
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still loading after {timeout} s: {body}")
+        time.sleep(0.05)
+
+
+def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:
+    options: dict[str, object] = {
+        "weights_dir": weights_dir,
+        "device": "cpu",
+        "dtype": "fp32",
+        "size": TINY_SIZE_TEXT,
+    }
+    options.update(overrides)
+    return Settings(**options)
+
+
+def image_bytes(size: tuple[int, int] = (120, 160), image_format: str = "JPEG") -> bytes:
+    """A smooth synthetic photo (a gradient with a block), encoded."""
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    image.paste((200, 40, 40), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+Part = tuple[str, bytes, str | None, str | None]  # name, content, filename, content type
+
+
+def multipart(parts: list[Part], boundary: str = "----RNFormBoundary7MA4YWxk") -> tuple[bytes, str]:
+    """A multipart/form-data body written by hand, so tests control every part header exactly
+    (React Native sends `image/jpg`, filenames without extension, or no part type at all)."""
+    chunks = []
+    for name, content, filename, content_type in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        header = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+        if content_type is not None:
+            header += f"Content-Type: {content_type}\r\n"
+        chunks.append(header.encode() + b"\r\n" + content + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def try_on_parts(**fields: str) -> list[Part]:
+    """A valid request: two JPEG files plus `fields` as text parts."""
+    parts: list[Part] = [
+        ("person_image", image_bytes(), "person.jpg", "image/jpeg"),
+        ("cloth_image", image_bytes((100, 100)), "cloth.jpg", "image/jpeg"),
+    ]
+    parts += [(name, value.encode(), None, None) for name, value in fields.items()]
+    return parts
+
+
+def post_try_on(
+    base_url: str, parts: list[Part], headers: dict[str, str] | None = None, timeout: float = 120
+) -> httpx.Response:
+    body, content_type = multipart(parts)
+    return httpx.post(
+        f"{base_url}/api/try-on",
+        content=body,
+        headers={"Content-Type": content_type, **(headers or {})},
+        timeout=timeout,
+    )
+
+
+def assert_envelope(response: httpx.Response, status: int, code: str, says: str) -> dict:
+    """The error envelope of api.md: status, stable code, message, request id in body and header."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["success"] is False
+    assert body["error"] == code
+    assert says in body["message"], body["message"]
+    assert body["requestId"] == response.headers["X-Request-ID"]
+    return body
