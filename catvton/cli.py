@@ -1,0 +1,198 @@
+"""Command line: ``python -m catvton {download, make-tiny-weights, tryon, mask} ...``.
+
+A thin layer: parse arguments, call the library, print where time went. Library errors are printed
+as one line (with the fix they carry) and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from catvton.errors import CatVTONError, InvalidInputError
+from catvton.loading import DTYPES, choose_device, default_size, load_pipeline
+from catvton.masking import CLOTH_TYPES, load_automasker, parse_cloth_type
+from catvton.preprocess import fit_person
+from catvton.tiny import write_tiny_weights
+from catvton.weights import (
+    ATTENTION_VERSIONS,
+    DEFAULT_ATTENTION_VERSION,
+    WeightSources,
+    download_weights,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except CatVTONError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m catvton", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    download = commands.add_parser("download", help="fetch the published weights from the hub")
+    download.add_argument("weights_dir", type=Path, metavar="DIR")
+    download.add_argument(
+        "--attention-version",
+        action="append",
+        choices=ATTENTION_VERSIONS,
+        help=f"try-on weights to fetch (repeatable; default {DEFAULT_ATTENTION_VERSION})",
+    )
+    download.add_argument("--no-masker", action="store_true", help="skip SCHP and DensePose")
+    download.add_argument(
+        "--unet-variant", choices=["fp16"], help="fetch the fp16 UNet (1.7 GB instead of 3.4 GB)"
+    )
+    download.set_defaults(run=run_download)
+
+    tiny = commands.add_parser("make-tiny-weights", help="write tiny random test weights")
+    tiny.add_argument("weights_dir", type=Path, metavar="DIR")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=run_make_tiny_weights)
+
+    tryon = commands.add_parser("tryon", help="dress a person in a garment")
+    add_weight_arguments(tryon)
+    tryon.add_argument("--person", type=Path, required=True, help="person photo")
+    tryon.add_argument("--cloth", type=Path, required=True, help="garment photo")
+    source = tryon.add_mutually_exclusive_group(required=True)
+    source.add_argument("--mask", type=Path, help="mask image, white = region to repaint")
+    source.add_argument(
+        "--cloth-type", help=f"compute the mask with the AutoMasker: {', '.join(CLOTH_TYPES)}"
+    )
+    tryon.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    tryon.add_argument("--guidance", type=float, default=2.5, help="guidance scale (default 2.5)")
+    tryon.add_argument("--seed", type=int, default=42, help="-1 picks a random seed (default 42)")
+    tryon.add_argument("--device", help="cuda, mps or cpu (default: the best present)")
+    tryon.add_argument("--dtype", choices=list(DTYPES), help="default fp16 on CUDA, else fp32")
+    tryon.add_argument("--repaint", action="store_true", help="keep pixels outside the mask")
+    tryon.add_argument("--out", type=Path, required=True, help="output image (PNG, JPEG, ...)")
+    tryon.set_defaults(run=run_tryon)
+
+    mask = commands.add_parser("mask", help="compute a try-on mask with the AutoMasker")
+    add_weight_arguments(mask)
+    mask.add_argument("--person", type=Path, required=True, help="person photo")
+    mask.add_argument("--cloth-type", required=True, help=", ".join(CLOTH_TYPES))
+    mask.add_argument("--out", type=Path, required=True, help="mask image (white = repaint)")
+    mask.set_defaults(run=run_mask)
+    return parser
+
+
+def add_weight_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", type=Path, help="weights folder (python -m catvton download)")
+    parser.add_argument("--base-model", help="SD-1.5 inpainting: hub id or folder")
+    parser.add_argument("--vae", help="sd-vae-ft-mse: hub id or folder")
+    parser.add_argument("--catvton", help="CatVTON: hub id or folder")
+    parser.add_argument(
+        "--attention-version", choices=ATTENTION_VERSIONS, default=DEFAULT_ATTENTION_VERSION
+    )
+    parser.add_argument(
+        "--size", type=parse_size, help="working size WxH (default 768x1024; 384x512 for *-512)"
+    )
+    parser.add_argument("--masker-device", help="device of the AutoMasker (default: --device)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"768x1024"`` -> ``(768, 1024)``."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"size must look like 768x1024; got {text!r}") from error
+    return width, height
+
+
+def run_download(args: argparse.Namespace) -> None:
+    versions = tuple(args.attention_version or (DEFAULT_ATTENTION_VERSION,))
+    download_weights(
+        args.weights_dir,
+        attention_versions=versions,
+        include_masker=not args.no_masker,
+        unet_variant=args.unet_variant,
+    )
+    print(f"weights in {args.weights_dir}")
+
+
+def run_make_tiny_weights(args: argparse.Namespace) -> None:
+    write_tiny_weights(args.weights_dir, seed=args.seed)
+    print(f"tiny weights in {args.weights_dir}")
+
+
+def run_tryon(args: argparse.Namespace) -> None:
+    # 1. Load.
+    start = time.perf_counter()
+    resolved = weight_sources(args).resolve(require_masker=args.cloth_type is not None)
+    pipeline = load_pipeline(resolved, device=args.device, dtype=args.dtype, size=args.size)
+    print(
+        f"load        {time.perf_counter() - start:7.3f} s  ({pipeline.device}, {pipeline.dtype})"
+    )
+
+    # 2. Read the images; compute the mask on the cropped person unless one is given.
+    person = fit_person(read_image(args.person, "--person"), pipeline.size)
+    cloth = read_image(args.cloth, "--cloth")
+    if args.mask is not None:
+        mask = read_image(args.mask, "--mask")
+    else:
+        cloth_type = parse_cloth_type(args.cloth_type)
+        start = time.perf_counter()
+        masker = load_automasker(resolved.catvton_dir, device=args.masker_device or pipeline.device)
+        mask = masker(person, cloth_type).mask
+        print(f"mask        {time.perf_counter() - start:7.3f} s  (load and run the AutoMasker)")
+
+    # 3. Try on, and say where time went.
+    result = pipeline(
+        person,
+        cloth,
+        mask,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        repaint=args.repaint,
+    )
+    for stage, seconds in result.timings.items():
+        print(f"{stage:<11} {seconds:7.3f} s")
+    print(f"denoise/step {result.timings['denoise'] / args.steps:6.3f} s")
+    result.image.save(args.out)
+    print(f"seed {result.seed}; wrote {args.out}")
+
+
+def run_mask(args: argparse.Namespace) -> None:
+    cloth_type = parse_cloth_type(args.cloth_type)
+    resolved = weight_sources(args).resolve(require_masker=True)
+    size = args.size or default_size(resolved.attention_version)
+    person = fit_person(read_image(args.person, "--person"), size)
+    start = time.perf_counter()
+    masker = load_automasker(resolved.catvton_dir, device=choose_device(args.masker_device))
+    result = masker(person, cloth_type)
+    print(f"mask        {time.perf_counter() - start:7.3f} s  (load and run the AutoMasker)")
+    result.mask.save(args.out)
+    print(f"wrote {args.out}")
+
+
+def weight_sources(args: argparse.Namespace) -> WeightSources:
+    return WeightSources(
+        weights_dir=args.weights,
+        base_model=args.base_model,
+        vae=args.vae,
+        catvton=args.catvton,
+        attention_version=args.attention_version,
+    )
+
+
+def read_image(path: Path, option: str) -> Image.Image:
+    """Open an image file; a missing or unreadable one is an InvalidInputError naming the option."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, Image.DecompressionBombError) as error:
+        raise InvalidInputError(f"{option}: cannot read {path}: {error}") from error
+    return image
