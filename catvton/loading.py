@@ -6,6 +6,7 @@ surgery (``catvton.attention``), loads the try-on weights strictly and moves it 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -69,37 +70,71 @@ def load_pipeline(
     UNet in ``torch.compile`` (off by default: the first calls then take minutes, and each new
     working size recompiles). Raises CheckpointMismatchError when a file does not fit its network.
     """
-    # 1. Device, dtype and the torch flags: set here and nowhere else.
+    # 1. Device, dtype and torch flags.
+    device, dtype = prepare_device(device, dtype)
+
+    # 2. Read every file: UNet, try-on attention weights, VAE, scheduler config (DDIM reads the
+    #    base repo's PNDM config fields).
+    unet = _load_unet(resolved, dtype)
+    attention_state = _read_safetensors(resolved.attention_file)
+    vae = AutoencoderKL.from_pretrained(resolved.vae_dir, torch_dtype=dtype, use_safetensors=True)
+    scheduler = DDIMScheduler.from_pretrained(resolved.scheduler_dir)
+
+    # 3. Attention surgery, device placement, pipeline.
+    return assemble_pipeline(
+        unet,
+        vae,
+        scheduler,
+        attention_state,
+        source=str(resolved.attention_file),
+        device=device,
+        dtype=dtype,
+        size=size or default_size(resolved.attention_version),
+        compile_unet=compile_unet,
+    )
+
+
+def prepare_device(
+    device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> tuple[torch.device, torch.dtype]:
+    """Choose the device and dtype, and set torch's global flags for them: the only place that does.
+
+    On CUDA, TF32 matmuls and convolutions are allowed (fp32 work runs on tensor cores, as the
+    reference does); nothing else is changed.
+    """
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    return device, dtype
 
-    # 2. UNet with CatVTON's attention: pass-through cross-attention, try-on self-attention weights.
-    unet = _load_unet(resolved, dtype)
+
+def assemble_pipeline(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    scheduler: DDIMScheduler,
+    attention_state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: tuple[int, int],
+    compile_unet: bool = False,
+) -> CatVTONPipeline:
+    """CatVTON from an SD-1.5 inpainting UNet, a VAE, a scheduler and the try-on weights.
+
+    Gives the UNet the pass-through cross-attention (freeing its projections) and loads
+    ``attention_state`` strictly (CheckpointMismatchError names ``source`` and the keys). Used by
+    ``load_pipeline`` and by the benchmark's random real-size networks.
+    """
     use_pass_through_cross_attention(unet)
-    load_self_attention_weights(
-        unet, _read_safetensors(resolved.attention_file), source=str(resolved.attention_file)
-    )
-
-    # 3. VAE and scheduler (DDIM reads the base repo's PNDM config fields).
-    vae = AutoencoderKL.from_pretrained(resolved.vae_dir, torch_dtype=dtype, use_safetensors=True)
-    scheduler = DDIMScheduler.from_pretrained(resolved.scheduler_dir)
-
-    # 4. To the device, inference only.
+    load_self_attention_weights(unet, attention_state, source=source)
     for model in (unet, vae):
-        model.to(device).eval().requires_grad_(False)
+        model.to(device, dtype).eval().requires_grad_(False)
     if compile_unet:
         unet = torch.compile(unet)
-    return CatVTONPipeline(
-        unet,
-        vae,
-        scheduler,
-        size=size or default_size(resolved.attention_version),
-        device=device,
-        dtype=dtype,
-    )
+    return CatVTONPipeline(unet, vae, scheduler, size=size, device=device, dtype=dtype)
 
 
 def _load_unet(resolved: ResolvedWeights, dtype: torch.dtype) -> UNet2DConditionModel:

@@ -151,10 +151,14 @@ class CatVTONPipeline:
 
         # 4. Denoise: one UNet call per step on [uncond, cond] (or cond alone), DDIM with eta 1.
         with self._timed(timings, "denoise"):
-            for timestep in self.scheduler.timesteps.tolist():
+            # The UNet takes its timesteps from one device copy: a Python number would be copied
+            # to the device each step, which waits for the queued work (a host sync per step).
+            # The scheduler indexes its CPU tables with the same steps as Python ints.
+            unet_timesteps = self.scheduler.timesteps.to(self.device)
+            for step, timestep in enumerate(self.scheduler.timesteps.tolist()):
                 unet_input[:, :4] = self.scheduler.scale_model_input(latents, timestep)
                 noise_pred = self.unet(
-                    unet_input, timestep, encoder_hidden_states=None, return_dict=False
+                    unet_input, unet_timesteps[step], encoder_hidden_states=None, return_dict=False
                 )[0].float()  # (B, 4, 2h, w)
                 if use_guidance:
                     noise_uncond, noise_cond = noise_pred.chunk(2)
