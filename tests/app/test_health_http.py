@@ -1,0 +1,97 @@
+"""GET /health and background loading over real HTTP: loading -> ok, failed loads, demo mode."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from http_helpers import (
+    TINY_SIZE,
+    assert_envelope,
+    post_try_on,
+    serve,
+    tiny_settings,
+    try_on_parts,
+    wait_until_ready,
+)
+
+from app.settings import Settings
+from app.worker import InferenceWorker, Models, ProgressCallback, load_models
+
+
+def timed_health(client: httpx.Client) -> tuple[httpx.Response, float]:
+    started = time.perf_counter()
+    response = client.get("/health")
+    return response, time.perf_counter() - started
+
+
+def test_health_goes_from_loading_to_ok_and_stays_fast(tiny_weights: Path) -> None:
+    settings = tiny_settings(tiny_weights)
+    gate = threading.Event()
+
+    def load_when_released(progress: ProgressCallback) -> Models:
+        """The real loader, held back until the test has seen the "loading" state."""
+        progress("waiting for the test")
+        gate.wait(60)
+        return load_models(settings, progress)
+
+    worker = InferenceWorker(load_when_released, queue_size=settings.queue_size)
+    with serve(settings, worker) as base_url, httpx.Client(base_url=base_url, timeout=5) as client:
+        response, elapsed = timed_health(client)
+        assert response.status_code == 503
+        assert elapsed < 0.1
+        body = response.json()
+        assert (body["status"], body["model_loaded"]) == ("loading", False)
+        assert "waiting for the test" in body["message"]
+        assert int(response.headers["Retry-After"]) > 0
+
+        refused = post_try_on(base_url, try_on_parts())
+        assert_envelope(refused, 503, "models_loading", "Models are still loading")
+        assert "Retry-After" in refused.headers
+
+        gate.set()  # the real load now runs while /health keeps answering
+        statuses, slowest = [], 0.0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            response, elapsed = timed_health(client)
+            slowest = max(slowest, elapsed)
+            statuses.append(response.json()["status"])
+            if response.status_code == 200:
+                break
+        assert slowest < 0.1, f"slowest /health took {slowest * 1000:.0f} ms"
+        assert statuses[-1] == "ok"
+        body = response.json()
+        assert body["model_loaded"] is True
+        assert (body["device"], body["dtype"], tuple(body["size"])) == ("cpu", "float32", TINY_SIZE)
+        assert (body["queue_depth"], body["queue_capacity"], body["busy"]) == (0, 4, False)
+        assert body["demo"] is False and body["gpu"] is None
+
+
+def test_failed_load_explains_itself_in_health_and_try_on(tmp_path: Path) -> None:
+    settings = Settings(weights_dir=tmp_path, device="cpu")  # an empty weights folder
+    with serve(settings) as base_url:
+        body = wait_until_ready(base_url)
+        response = httpx.get(f"{base_url}/health")
+        assert response.status_code == 503
+        assert (body["status"], body["model_loaded"]) == ("error", False)
+        assert "stable-diffusion-inpainting" in body["error"]
+        assert str(tmp_path) in body["error"]
+        assert "download" in body["error"]  # the fix, not just the symptom
+
+        refused = post_try_on(base_url, try_on_parts())
+        message = assert_envelope(refused, 503, "model_load_failed", body["error"])["message"]
+        assert message.startswith("Model loading failed")
+        assert httpx.get(f"{base_url}/health").json()["status"] == "error"  # still up, explaining
+
+
+def test_demo_mode_generates_tiny_weights_and_says_so(tmp_path: Path) -> None:
+    settings = Settings(demo=True, demo_dir=tmp_path / "demo", device="cpu")
+    with serve(settings) as base_url:
+        body = wait_until_ready(base_url)
+        assert body["status"] == "ok"
+        assert body["demo"] is True
+        assert "DEMO MODE" in body["message"]
+        assert tuple(body["size"]) == TINY_SIZE
+        assert (tmp_path / "demo" / "CatVTON").is_dir()
