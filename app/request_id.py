@@ -19,6 +19,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # A client-chosen id goes into logs and headers: accept only short, plain tokens.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Monitors poll these every few seconds: their access lines go to DEBUG, not INFO.
+QUIET_PATHS = frozenset({"/health"})
 
 logger = logging.getLogger("app.access")
 
@@ -61,7 +63,8 @@ class RequestIdMiddleware:
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             method, path = scope["method"], scope["path"]
-            logger.info("%s %s -> %s in %.0f ms", method, path, status, elapsed_ms)
+            level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+            logger.log(level, "%s %s -> %s in %.0f ms", method, path, status, elapsed_ms)
 
 
 class RequestIdLogFilter(logging.Filter):

@@ -36,7 +36,7 @@ from app.intake import TryOnImages
 from app.schemas import TryOnOptions
 from app.settings import Settings
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
-from catvton.errors import WeightsNotFoundError
+from catvton.errors import CatVTONError
 from catvton.masking import AutoMasker, load_automasker
 from catvton.tiny import TINY_SIZE, write_tiny_weights
 
@@ -266,9 +266,15 @@ class InferenceWorker:
         try:
             self.models = self._load(progress)
         except Exception as exc:
-            self.error = str(exc) if isinstance(exc, WeightsNotFoundError) else repr(exc)
+            # The library's own errors carry the reason and the fix; anything else is a bug.
+            expected = isinstance(exc, CatVTONError)
+            self.error = str(exc) if expected else repr(exc)
             self.state = "error"
-            logger.exception("model loading failed; the server keeps running to explain why")
+            logger.error(
+                "model loading failed (the server keeps running to explain why): %s",
+                self.error,
+                exc_info=not expected,
+            )
             return False
         self.state = "ok"
         pipeline = self.models.pipeline
