@@ -129,15 +129,29 @@ def pool_boxes(features: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tenso
     for level in range(4):
         index = torch.nonzero(levels == level).squeeze(1)
         if len(index):
-            pooled[index] = roi_align(
-                features[level],
-                [boxes[index].to(features[level].dtype)],
-                output_size=BOX_POOLER_RESOLUTION,
-                spatial_scale=1.0 / FEATURE_STRIDES[level],
-                sampling_ratio=POOLER_SAMPLING_RATIO,
-                aligned=False,
+            pooled[index] = _roi_align(
+                features[level], boxes[index], BOX_POOLER_RESOLUTION, FEATURE_STRIDES[level]
             )
     return pooled
+
+
+def _roi_align(
+    feature: torch.Tensor, boxes: torch.Tensor, output_size: int, stride: int
+) -> torch.Tensor:
+    """detectron2's legacy ROIAlign (aligned=False, sampling ratio 2), computed in fp32.
+
+    Box corners in fp16 would be rounded to whole pixels past 1024, so half-precision features are
+    pooled in fp32 and the result cast back.
+    """
+    pooled = roi_align(
+        feature.float(),
+        [boxes.float()],
+        output_size=output_size,
+        spatial_scale=1.0 / stride,
+        sampling_ratio=POOLER_SAMPLING_RATIO,
+        aligned=False,
+    )
+    return pooled.to(feature.dtype)
 
 
 def _resize_for_detector(image: Image.Image) -> Image.Image:
@@ -201,7 +215,7 @@ def detect_densepose(network: DensePoseRCNN, image: Image.Image) -> np.ndarray:
     # 6. Back to the input size.
     if canvas.shape != (image.height, image.width):
         resized_back = Image.fromarray(canvas).resize(image.size, Image.Resampling.NEAREST)
-        canvas = np.asarray(resized_back)
+        canvas = np.array(resized_back)
     return canvas
 
 
@@ -217,13 +231,8 @@ def _densepose_labels(
     """
     roi_heads = network.roi_heads
     decoded = roi_heads.decoder(features)  # (1, 256, H/4, W/4)
-    pooled = roi_align(
-        decoded,
-        [box.view(1, 4).to(decoded.dtype)],
-        output_size=DENSEPOSE_POOLER_RESOLUTION,
-        spatial_scale=1.0 / FEATURE_STRIDES[0],
-        sampling_ratio=POOLER_SAMPLING_RATIO,
-        aligned=False,
+    pooled = _roi_align(
+        decoded, box.view(1, 4), DENSEPOSE_POOLER_RESOLUTION, FEATURE_STRIDES[0]
     )  # (1, 256, 28, 28)
     coarse, fine = roi_heads.densepose_predictor(roi_heads.densepose_head(pooled))  # 112 x 112
     width = max(int(output_box[2] - output_box[0]), 1)

@@ -64,6 +64,22 @@ def test_schp_file_with_numpy_metrics_beside_the_weights_loads(
     load_schp(path)
 
 
+def test_schp_file_with_the_training_heads_loads(masker_dir: Path, tmp_path: Path) -> None:
+    """SCHP's code also saves `decoder.conv4` and `edge.conv5`; such a file loads strictly too."""
+    weights = read_schp_pth(masker_dir / SCHP_ATR_FILE)
+    width = weights["decoder.conv3.2.weight"].shape[0]
+    weights["decoder.conv4.weight"] = torch.ones(18, width, 1, 1)
+    weights["decoder.conv4.bias"] = torch.ones(18)
+    weights["edge.conv5.weight"] = torch.ones(2, 6, 1, 1)
+    weights["edge.conv5.bias"] = torch.ones(2)
+    save_schp_checkpoint(tmp_path / "with_heads.pth", weights)
+
+    network = load_schp(tmp_path / "with_heads.pth")
+
+    assert torch.equal(network.decoder.conv4.bias, torch.ones(18))
+    assert torch.equal(network.edge.conv5.weight, torch.ones(2, 6, 1, 1))
+
+
 def test_real_size_densepose_pkl_loads(tmp_path: Path) -> None:
     weights = real_size_weights(DensePoseRCNN, DensePoseConfig())
     path = tmp_path / DENSEPOSE_FILE
