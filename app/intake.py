@@ -12,12 +12,14 @@ Two halves with one purpose, keeping hostile or odd uploads away from the model:
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass, field
 
 import pillow_heif
 from PIL import ExifTags, Image, ImageOps
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from app.errors import (
@@ -45,7 +47,7 @@ class Upload:
     """One file part as received; `content_type` and `filename` are only what the client claimed."""
 
     field: str
-    data: bytes
+    data: bytes = field(repr=False)  # megabytes: keep them out of logs and tracebacks
     filename: str | None = None
     content_type: str | None = None
 
@@ -266,27 +268,50 @@ class TryOnImages:
     mask_image: Image.Image | None
 
 
-def decode_uploads(form: ReceivedForm, *, size: tuple[int, int], max_pixels: int) -> TryOnImages:
-    """Stage 1 of a try-on: every uploaded file -> RGB (see `decode_image`)."""
-    decoded = {
-        name: decode_image(upload, size=size, max_pixels=max_pixels, rgb=name != "mask_image")
-        for name, upload in form.files.items()
-    }
+async def decode_uploads(
+    form: ReceivedForm, *, size: tuple[int, int], max_pixels: int
+) -> TryOnImages:
+    """Stage 1 of a try-on: every uploaded file -> image (see `decode_image`), in the thread pool.
+
+    One thread-pool task per file: libjpeg and zlib release the GIL, so the person and the garment
+    decode on two cores at once.
+    """
+    names = list(form.files)
+    decoded = await asyncio.gather(
+        *(
+            run_in_threadpool(
+                decode_image,
+                form.files[name],
+                size=size,
+                max_pixels=max_pixels,
+                rgb=name != "mask_image",
+            )
+            for name in names
+        )
+    )
+    images = dict(zip(names, decoded, strict=True))
     return TryOnImages(
-        person_image=decoded["person_image"],
-        cloth_image=decoded["cloth_image"],
-        mask_image=decoded.get("mask_image"),
+        person_image=images["person_image"],
+        cloth_image=images["cloth_image"],
+        mask_image=images.get("mask_image"),
     )
 
 
-def fit_to_size(images: TryOnImages, size: tuple[int, int]) -> TryOnImages:
+async def fit_to_size(images: TryOnImages, size: tuple[int, int]) -> TryOnImages:
     """Stage 2: fit each image to the working size once, with the pipeline's own rules.
 
-    Done here, off the device thread, so the worker spends its time on the model; the pipeline's
-    own fitting is then a no-op. The automatic mask is computed on the fitted person.
+    Done here, in parallel thread-pool tasks (Pillow's resampling releases the GIL), so the device
+    worker spends its time on the model; the pipeline's own fitting is then a no-op. The automatic
+    mask is computed later, on the fitted person.
     """
-    return TryOnImages(
-        person_image=fit_person(images.person_image, size),
-        cloth_image=fit_cloth(images.cloth_image, size),
-        mask_image=fit_mask(images.mask_image, size) if images.mask_image is not None else None,
+    mask_task = (
+        run_in_threadpool(fit_mask, images.mask_image, size)
+        if images.mask_image is not None
+        else asyncio.sleep(0)
     )
+    person_image, cloth_image, mask_image = await asyncio.gather(
+        run_in_threadpool(fit_person, images.person_image, size),
+        run_in_threadpool(fit_cloth, images.cloth_image, size),
+        mask_task,
+    )
+    return TryOnImages(person_image=person_image, cloth_image=cloth_image, mask_image=mask_image)

@@ -105,13 +105,11 @@ async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> 
 
     # 1. Decode the uploads (thread pool): bytes -> RGB images, or 413/415 naming the field
     with timer("decode"):
-        images = await run_in_threadpool(
-            decode_uploads, form, size=size, max_pixels=settings.max_image_pixels
-        )
+        images = await decode_uploads(form, size=size, max_pixels=settings.max_image_pixels)
 
     # 2. Preprocess (thread pool): fit to the working size
     with timer("preprocess"):
-        images = await run_in_threadpool(fit_to_size, images, size)
+        images = await fit_to_size(images, size)
 
     # 3. Infer (the single device worker): mask unless given -> pipeline -> image
     with timer("infer"):
