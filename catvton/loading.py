@@ -131,7 +131,9 @@ def assemble_pipeline(
     use_pass_through_cross_attention(unet)
     load_self_attention_weights(unet, attention_state, source=source)
     for model in (unet, vae):
-        model.to(device, dtype).eval().requires_grad_(False)
+        if model.dtype != dtype:
+            model.to(dtype=dtype)
+        model.to(device).eval().requires_grad_(False)
     if compile_unet:
         unet = torch.compile(unet)
     return CatVTONPipeline(unet, vae, scheduler, size=size, device=device, dtype=dtype)
