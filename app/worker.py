@@ -72,7 +72,7 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
         catvton=settings.catvton,
         attention_version=settings.attention_version,
     )
-    resolved = sources.resolve()
+    resolved = sources.resolve(require_masker=True)  # every missing file named before any load
     progress("loading the diffusion pipeline")
     pipeline = load_pipeline(resolved, device=settings.device, dtype=settings.dtype, size=size)
     progress("loading the AutoMasker")
