@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 
 import httpx
 import pytest
@@ -16,6 +17,8 @@ from http_helpers import (
 )
 from PIL import Image
 
+from app.request_id import RequestIdLogFilter
+
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}  # the API's minimum: seconds on CPU
 
 
@@ -23,7 +26,11 @@ def decode_result(body: dict) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(body["imageBase64"], validate=True)))
 
 
-def test_success_has_the_contract_fields_and_a_working_size_png(tiny_server: str) -> None:
+def test_success_has_the_contract_fields_and_a_working_size_png(
+    tiny_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(RequestIdLogFilter())
     response = post_try_on(tiny_server, try_on_parts(**FAST), headers={"X-Request-ID": "app-42"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -38,6 +45,9 @@ def test_success_has_the_contract_fields_and_a_working_size_png(tiny_server: str
     image = decode_result(body)
     assert (image.format, image.size) == ("PNG", TINY_SIZE)
     assert (body["width"], body["height"]) == TINY_SIZE
+    # The id reaches the log lines of the request, also those the device thread writes.
+    tagged = {record.name for record in caplog.records if record.request_id == "app-42"}
+    assert {"app.access", "app.worker"} <= tagged
 
 
 def test_react_native_style_multipart_with_jpeg_output(tiny_server: str) -> None:

@@ -1,0 +1,46 @@
+"""Settings: one class, read from flags (kebab-case), `CATVTON_*` variables and defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from pydantic_settings import CliApp
+
+from app.settings import Settings
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = Settings()
+    assert (settings.host, settings.port, settings.queue_size) == ("0.0.0.0", 8000, 4)
+    assert settings.max_upload_bytes == 20 * 1024 * 1024
+    assert settings.max_image_pixels == 40_000_000
+    assert settings.working_size is None
+
+
+def test_flags_beat_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATVTON_PORT", "9000")
+    monkeypatch.setenv("CATVTON_QUEUE_SIZE", "7")
+    argv = ["--port", "8000", "--port", "8100", "--weights-dir", "w", "--size", "384x512", "--demo"]
+    settings = CliApp.run(Settings, cli_args=argv)
+    assert (settings.port, settings.queue_size) == (8100, 7)  # the last flag wins
+    assert settings.weights_dir == Path("w")
+    assert settings.working_size == (384, 512)
+    assert settings.demo is True
+
+
+def test_every_option_is_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        CliApp.run(Settings, cli_args=["--help"])
+    usage = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in usage
+
+
+@pytest.mark.parametrize(
+    "bad", [{"size": "768*1024"}, {"queue_size": -1}, {"port": 0}, {"dtype": "int8"}]
+)
+def test_bad_values_are_refused(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**bad)
