@@ -182,7 +182,6 @@ def detect_densepose(network: DensePoseRCNN, image: Image.Image) -> np.ndarray:
     pixels = pixels - torch.tensor(PIXEL_MEAN_BGR, device=device).view(3, 1, 1)
     pad_h, pad_w = (-height) % SIZE_DIVISIBILITY, (-width) % SIZE_DIVISIBILITY
     pixels = F.pad(pixels, (0, pad_w, 0, pad_h)).unsqueeze(0).to(dtype)  # (1, 3, 1088, 800)
-    pixels = pixels.contiguous(memory_format=torch.channels_last)
 
     # 3. Backbone and proposals.
     features = network.backbone(pixels)  # p2..p6

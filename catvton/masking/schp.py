@@ -280,7 +280,7 @@ def parse_human(network: AugmentCE2P, image_bgr: np.ndarray, input_size: int) ->
     pixels = torch.from_numpy(square).to(device).permute(2, 0, 1).unsqueeze(0).float() / 255
     mean = torch.tensor(SCHP_MEAN_BGR, device=device).view(1, 3, 1, 1)
     std = torch.tensor(SCHP_STD_BGR, device=device).view(1, 3, 1, 1)
-    pixels = ((pixels - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
+    pixels = ((pixels - mean) / std).to(dtype)  # (1, 3, S, S)
 
     # 3-4. Fusion logits, upsampled to the square.
     logits = network(pixels).float()  # (1, C, S/4, S/4)
