@@ -54,6 +54,7 @@ class CatVTONPipeline:
     ``unet`` must already carry the try-on self-attention weights and the pass-through
     cross-attention (see ``catvton.loading.load_pipeline``, which builds all of this). All
     components must sit on ``device`` in ``dtype``; ``size`` is the working size ``(W, H)``.
+    One call at a time: the scheduler keeps per-call state (the service has a single device worker).
     """
 
     def __init__(
@@ -157,6 +158,8 @@ class CatVTONPipeline:
             unet_timesteps = self.scheduler.timesteps.to(self.device)
             for step, timestep in enumerate(self.scheduler.timesteps.tolist()):
                 unet_input[:, :4] = self.scheduler.scale_model_input(latents, timestep)
+                # No text conditioning: diffusers accepts None, and the pass-through
+                # cross-attention never reads it.
                 noise_pred = self.unet(
                     unet_input, unet_timesteps[step], encoder_hidden_states=None, return_dict=False
                 )[0].float()  # (B, 4, 2h, w)

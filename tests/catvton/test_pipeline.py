@@ -135,3 +135,15 @@ def test_non_finite_half_precision_decode_is_retried_in_fp32(tiny_weights, image
     assert decoder_dtypes == [torch.bfloat16, torch.float32]
     assert np.asarray(result.image).std() > 0  # not a black (or white) picture
     assert pipeline.vae.dtype == torch.bfloat16  # the VAE goes back to the pipeline's dtype
+
+
+@pytest.mark.gpu
+def test_cuda_defaults_to_fp16_with_tf32_and_is_reproducible(tiny_weights, images) -> None:
+    resolved = WeightSources(weights_dir=tiny_weights).resolve()
+    pipeline = load_pipeline(resolved, device="cuda", size=TINY_SIZE)
+    assert pipeline.dtype == torch.float16
+    assert torch.backends.cuda.matmul.allow_tf32
+    first, second = (np.asarray(run(pipeline, images, seed=5).image) for _ in range(2))
+    # Bit-identity is promised on the CPU only; GPU kernels may differ in the last bit.
+    assert np.abs(first.astype(int) - second.astype(int)).max() <= 2
+    assert first.std() > 0
