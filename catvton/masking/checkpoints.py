@@ -34,6 +34,8 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
     ("collections", "OrderedDict"),
     # Protocol-2 pickles written by Python 3 store raw bytes as `_codecs.encode(text, "latin1")`.
     ("_codecs", "encode"),

@@ -95,6 +95,19 @@ def test_real_size_densepose_pkl_loads(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_detectron2_pkl_of_any_pickle_protocol_loads(
+    masker_dir: Path, tmp_path: Path, protocol: int
+) -> None:
+    weights = read_detectron2_pkl(masker_dir / DENSEPOSE_FILE)
+    arrays = {name: tensor.numpy() for name, tensor in weights.items()}
+    path = tmp_path / f"protocol{protocol}.pkl"
+    path.write_bytes(pickle.dumps({"model": arrays, "__author__": "test"}, protocol=protocol))
+    network = load_densepose(path)
+    name = "roi_heads.densepose_head.body_conv_fcn2.weight"
+    assert torch.equal(network.state_dict()[name], weights[name])
+
+
 def test_detectron2_entries_that_are_not_weights_are_skipped(masker_dir: Path, tmp_path: Path):
     """Some detectron2 files also carry anchors; detectron2 recomputes them, and so do we."""
     weights = read_detectron2_pkl(masker_dir / DENSEPOSE_FILE)
