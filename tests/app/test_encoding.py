@@ -1,4 +1,4 @@
-"""Response encoding: PNG is lossless, every format decodes to the same size, base64 has no prefix."""
+"""Response encoding: lossless PNG, every format decodes at the same size, base64 unprefixed."""
 
 from __future__ import annotations
 
