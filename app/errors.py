@@ -106,6 +106,10 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
         if error.get("type") == "missing":
             lines.append(f"{field}: required")
             continue
+        if error.get("type") == "value_error":  # our own validators already say field and value
+            reason = str(error.get("ctx", {}).get("error", error.get("msg")))
+            lines.append(reason if reason.startswith(field) else f"{field}: {reason}")
+            continue
         got = error.get("input")
         got_text = f" (got {got!r})" if isinstance(got, str | int | float) else ""
         lines.append(f"{field}: {error.get('msg', 'invalid value')}{got_text}")

@@ -7,6 +7,7 @@ import io
 import logging
 
 import httpx
+import pillow_heif
 import pytest
 from http_helpers import (
     TINY_SIZE,
@@ -51,10 +52,12 @@ def test_success_has_the_contract_fields_and_a_working_size_png(
 
 
 def test_react_native_style_multipart_with_jpeg_output(tiny_server: str) -> None:
-    """Filenames without extension, `image/jpg`, a PNG named .jpg, parts without a type."""
+    """An iPhone HEIC named .jpg sent as `image/jpg`, a PNG without extension or part type."""
+    heic = io.BytesIO()
+    pillow_heif.from_pillow(Image.open(io.BytesIO(image_bytes()))).save(heic, quality=90)
     parts = [
-        ("person_image", image_bytes(image_format="PNG"), "IMG_0001.jpg", "image/jpg"),
-        ("cloth_image", image_bytes((80, 120)), "cloth", None),
+        ("person_image", heic.getvalue(), "IMG_0001.jpg", "image/jpg"),
+        ("cloth_image", image_bytes((80, 120), image_format="PNG"), "cloth", None),
         ("cloth_type", b"Upper_Body", None, None),
         ("num_inference_steps", b"10", None, "text/plain"),
         ("guidance_scale", b"", None, None),  # blank: the default
