@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from app.intake import FILE_FIELDS, decode_uploads, fit_to_size, receive_upload
 from app.schemas import ErrorResponse, TryOnOptions, TryOnResponse
 from app.worker import TryOnJob
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["try-on"])
 
 _FILE_SCHEMA = {"type": "string", "format": "binary"}
@@ -52,7 +54,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 
 class StageTimer:
-    """Wall-clock milliseconds per named stage, for the response and the log."""
+    """Wall-clock milliseconds per named stage, for the response and the log line."""
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -122,6 +124,15 @@ async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> 
     # 4. Encode (thread pool): PNG/JPEG/WebP -> base64 -> response
     with timer("encode"):
         encoded = await run_in_threadpool(encode_image, outcome.image, options.output_format)
+    timings_ms = timer.finish()
+    logger.info(
+        "try-on done: %s, %d steps, seed %d, %s; ms %s",
+        options.cloth_type,
+        options.num_inference_steps,
+        outcome.seed,
+        options.output_format,
+        timings_ms,
+    )
     return TryOnResponse(
         image_base64=encoded.base64,
         mime_type=encoded.mime_type,
@@ -129,5 +140,5 @@ async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> 
         height=encoded.height,
         seed=outcome.seed,
         request_id=request.state.request_id,
-        timings_ms=timer.finish(),
+        timings_ms=timings_ms,
     )
