@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -187,6 +188,8 @@ def main() -> None:
     body = multipart_body(files)
     sizes = ", ".join(f"{name} {len(data) / 1e6:.1f} MB" for name, data in files.items())
     print(f"two 12 MP JPEGs ({sizes}); working size {WORKING_SIZE[0]}x{WORKING_SIZE[1]}")
+    cores, load = os.cpu_count(), os.getloadavg()[0]
+    print(f"{cores} CPU cores, load average {load:.1f} at the start (other work inflates times)")
     print(f"median of {args.requests} requests, milliseconds:")
     for output_format in ("png", "jpeg"):
         row = median_of([service_overhead(body, output_format) for _ in range(args.requests)])
