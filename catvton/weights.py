@@ -45,6 +45,10 @@ SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 DOWNLOAD_COMMAND = "python -m catvton download DIR"
+DOWNLOAD_FIX = (
+    f"Fetch the weights with: {DOWNLOAD_COMMAND} (or write test weights with "
+    "python -m catvton make-tiny-weights DIR)."
+)
 
 
 def attention_file_name(version: str) -> str:
@@ -110,9 +114,7 @@ class WeightSources:
             scheduler_dir=scheduler_config.parent,
             vae_dir=vae_config.parent,
             attention_file=attention_file,
-            catvton_dir=catvton.root_of(
-                attention_file, attention_file_name(self.attention_version)
-            ),
+            catvton_dir=_repo_root(attention_file, attention_file_name(self.attention_version)),
             attention_version=self.attention_version,
         )
 
@@ -120,7 +122,7 @@ class WeightSources:
         if given is None:
             if self.weights_dir is None:
                 return _Component(repo_id=default_repo)
-            return _Component(local_dir=Path(self.weights_dir) / folder, fix=_download_fix())
+            return _Component(local_dir=Path(self.weights_dir) / folder, fix=DOWNLOAD_FIX)
         if Path(given).is_dir():
             return _Component(
                 local_dir=Path(given),
@@ -171,17 +173,10 @@ class _Component:
                     return self.local_dir / name
         return self.file(names[0])
 
-    @staticmethod
-    def root_of(path: Path, name: str) -> Path:
-        """The repo root that holds ``path`` as ``name`` (hub-cache snapshot folders too)."""
-        return path.parents[len(Path(name).parts) - 1]
 
-
-def _download_fix() -> str:
-    return (
-        f"Fetch the weights with: {DOWNLOAD_COMMAND} (or write test weights with "
-        "python -m catvton make-tiny-weights DIR)."
-    )
+def _repo_root(path: Path, name: str) -> Path:
+    """The repo root that holds ``path`` as ``name`` (a hub-cache snapshot folder too)."""
+    return path.parents[len(Path(name).parts) - 1]
 
 
 def download_weights(
