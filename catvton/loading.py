@@ -130,6 +130,10 @@ def assemble_pipeline(
     """
     use_pass_through_cross_attention(unet)
     load_self_attention_weights(unet, attention_state, source=source)
+    # The pipeline encodes person and garment in one call; slicing runs them one after the other
+    # inside it, halving the encoder's peak activation memory (each full-resolution activation is
+    # 0.2 GB per image in fp16 at 768 x 1024) for a small share of the run (VAE work is ~2% of it).
+    vae.enable_slicing()
     for model in (unet, vae):
         if model.dtype != dtype:
             model.to(dtype=dtype)
