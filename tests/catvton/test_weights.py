@@ -153,3 +153,35 @@ def test_download_offline_keeps_present_files_and_names_absent_ones(
     (weights_copy / "sd-vae-ft-mse/config.json").unlink()
     with pytest.raises(WeightsNotFoundError, match=r"sd-vae-ft-mse/config\.json"):
         download_weights(weights_copy)
+
+
+def test_download_fetches_only_the_files_the_pipeline_reads(monkeypatch, tmp_path: Path) -> None:
+    """The hub client is swapped for a recorder at the network boundary: the plan is under test."""
+    requested: list[tuple[str, str, Path]] = []
+
+    def record(repo_id: str, filename: str, *, local_dir: Path) -> str:
+        requested.append((repo_id, filename, Path(local_dir)))
+        return str(Path(local_dir) / filename)
+
+    monkeypatch.setattr("catvton.weights.hf_hub_download", record)
+    download_weights(tmp_path, unet_variant="fp16")
+    assert sorted((repo, name) for repo, name, _ in requested) == sorted(
+        [
+            ("booksforcharlie/stable-diffusion-inpainting", "unet/config.json"),
+            (
+                "booksforcharlie/stable-diffusion-inpainting",
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+            ),
+            ("booksforcharlie/stable-diffusion-inpainting", "scheduler/scheduler_config.json"),
+            ("stabilityai/sd-vae-ft-mse", "config.json"),
+            ("stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors"),
+            ("zhengchong/CatVTON", "mix-48k-1024/attention/model.safetensors"),
+            *(("zhengchong/CatVTON", name) for name in MASKER_FILES),
+        ]
+    )
+    folders = {repo: local_dir for repo, _, local_dir in requested}
+    assert folders == {
+        "booksforcharlie/stable-diffusion-inpainting": tmp_path / "stable-diffusion-inpainting",
+        "stabilityai/sd-vae-ft-mse": tmp_path / "sd-vae-ft-mse",
+        "zhengchong/CatVTON": tmp_path / "CatVTON",
+    }
