@@ -13,8 +13,8 @@ class CatVTONError(Exception):
 class WeightsNotFoundError(CatVTONError, FileNotFoundError):
     """A weight file or folder is missing.
 
-    The message names the missing path and the command that fetches it, because the person reading it
-    (a server operator, a CLI user) needs the fix, not a traceback.
+    The message names the missing path and the command that fetches it, because the person
+    reading it (a server operator, a CLI user) needs the fix, not a traceback.
     """
 
     def __init__(self, missing: str | Path, *, fix: str) -> None:
@@ -48,9 +48,13 @@ class CheckpointMismatchError(CatVTONError, ValueError):
             ("mis-shaped tensors", self.mismatched),
         ):
             if keys:
-                shown = ", ".join(keys[:10]) + (f" (+{len(keys) - 10} more)" if len(keys) > 10 else "")
+                shown = ", ".join(keys[:10]) + (
+                    f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
+                )
                 parts.append(f"{label}: {shown}")
-        super().__init__(f"checkpoint {self.source} does not match the network; " + "; ".join(parts))
+        super().__init__(
+            f"checkpoint {self.source} does not match the network; " + "; ".join(parts)
+        )
 
 
 class InvalidInputError(CatVTONError, ValueError):
