@@ -22,6 +22,7 @@ from catvton.tiny import write_tiny_weights
 from catvton.weights import (
     ATTENTION_VERSIONS,
     DEFAULT_ATTENTION_VERSION,
+    DEFAULT_BASE_MODEL,
     WeightSources,
     download_weights,
 )
@@ -52,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.add_argument("--no-masker", action="store_true", help="skip SCHP and DensePose")
     download.add_argument(
-        "--unet-variant", choices=["fp16"], help="fetch the fp16 UNet (1.7 GB instead of 3.4 GB)"
+        "--base-model",
+        default=DEFAULT_BASE_MODEL,
+        help=f"SD-1.5 inpainting hub repo (default {DEFAULT_BASE_MODEL}, a 3.4 GB pickled UNet; "
+        "stable-diffusion-v1-5/stable-diffusion-inpainting ships a 1.7 GB fp16 safetensors one)",
     )
     download.set_defaults(run=run_download)
 
@@ -116,8 +120,8 @@ def run_download(args: argparse.Namespace) -> None:
     download_weights(
         args.weights_dir,
         attention_versions=versions,
+        base_model=args.base_model,
         include_masker=not args.no_masker,
-        unet_variant=args.unet_variant,
     )
     print(f"weights in {args.weights_dir}")
 

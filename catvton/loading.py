@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from catvton.attention import load_self_attention_weights, use_pass_through_cross_attention
 from catvton.errors import CheckpointMismatchError, InvalidInputError
 from catvton.pipeline import DEFAULT_SIZE, CatVTONPipeline
-from catvton.weights import UNET_WEIGHTS, ResolvedWeights
+from catvton.weights import ResolvedWeights
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The *-16k-512 checkpoints were trained at 384 x 512.
@@ -144,10 +144,12 @@ def assemble_pipeline(
 
 
 def _load_unet(resolved: ResolvedWeights, dtype: torch.dtype) -> UNet2DConditionModel:
-    # Prefer the full-precision file; a folder holding only the fp16 variant loads that.
-    variant = None if (resolved.unet_dir / Path(UNET_WEIGHTS[0]).name).is_file() else "fp16"
+    name = resolved.unet_weights.name
     unet = UNet2DConditionModel.from_pretrained(
-        resolved.unet_dir, torch_dtype=dtype, variant=variant, use_safetensors=True
+        resolved.unet_dir,
+        torch_dtype=dtype,
+        variant="fp16" if ".fp16." in name else None,
+        use_safetensors=name.endswith(".safetensors"),
     )
     if unet.config.in_channels != INPAINTING_IN_CHANNELS:
         raise CheckpointMismatchError(

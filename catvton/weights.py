@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, list_repo_files
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
 from catvton.errors import InvalidInputError, WeightsNotFoundError
@@ -36,10 +36,13 @@ ATTENTION_VERSIONS = ("mix-48k-1024", "vitonhd-16k-512", "dresscode-16k-512")
 DEFAULT_ATTENTION_VERSION = "mix-48k-1024"
 
 UNET_CONFIG = "unet/config.json"
-# In order of preference; the fp16 variant halves the download and loads into any dtype.
+# In order of preference. The default mirror ships only the pickled ``.bin`` (diffusers reads it
+# with ``torch.load(weights_only=True)``); stable-diffusion-v1-5/stable-diffusion-inpainting also
+# ships the fp16 safetensors, half the download, which loads into any dtype.
 UNET_WEIGHTS = (
     "unet/diffusion_pytorch_model.safetensors",
     "unet/diffusion_pytorch_model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.bin",
 )
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
@@ -61,6 +64,7 @@ class ResolvedWeights:
     """Local, verified paths of every file the pipeline (and, optionally, the AutoMasker) reads."""
 
     unet_dir: Path
+    unet_weights: Path  # the file in unet_dir that is read: see UNET_WEIGHTS
     scheduler_dir: Path
     vae_dir: Path
     attention_file: Path
@@ -101,7 +105,7 @@ class WeightSources:
         catvton = self._component(self.catvton, CATVTON_FOLDER, DEFAULT_CATVTON)
 
         unet_config = base.file(UNET_CONFIG)
-        base.first_file(UNET_WEIGHTS)
+        unet_weights = base.first_file(UNET_WEIGHTS)
         scheduler_config = base.file(SCHEDULER_CONFIG)
         vae_config = vae.file(VAE_FILES[0])
         vae.file(VAE_FILES[1])
@@ -111,6 +115,7 @@ class WeightSources:
                 catvton.file(name)
         return ResolvedWeights(
             unet_dir=unet_config.parent,
+            unet_weights=unet_weights,
             scheduler_dir=scheduler_config.parent,
             vae_dir=vae_config.parent,
             attention_file=attention_file,
@@ -166,12 +171,14 @@ class _Component:
             ) from error
 
     def first_file(self, names: tuple[str, ...]) -> Path:
-        """The first of ``names`` that exists (a local folder) or the first one (a hub id)."""
-        if self.local_dir is not None:
-            for name in names:
-                if (self.local_dir / name).is_file():
-                    return self.local_dir / name
-        return self.file(names[0])
+        """The first of ``names`` that the folder (or hub repo) has; else the error for names[0]."""
+        errors: list[WeightsNotFoundError] = []
+        for name in names:
+            try:
+                return self.file(name)
+            except WeightsNotFoundError as error:
+                errors.append(error)
+        raise errors[0]
 
 
 def _repo_root(path: Path, name: str) -> Path:
@@ -182,20 +189,21 @@ def _repo_root(path: Path, name: str) -> Path:
 def download_weights(
     weights_dir: Path,
     *,
+    base_model: str = DEFAULT_BASE_MODEL,
     attention_versions: tuple[str, ...] = (DEFAULT_ATTENTION_VERSION,),
     include_masker: bool = True,
-    unet_variant: str | None = None,
 ) -> Path:
     """Fill ``weights_dir`` from the hub with exactly the files the pipeline (and masker) read.
 
-    ``unet_variant="fp16"`` fetches the half-precision UNet (1.7 GB instead of 3.4 GB). Honours
-    ``HF_HUB_OFFLINE``: files already in ``weights_dir`` are kept, nothing else is fetched.
+    ``base_model`` is the SD-1.5 inpainting repo; its UNet file is the first of ``UNET_WEIGHTS``
+    that the repo ships. Honours ``HF_HUB_OFFLINE``: files already in ``weights_dir`` are kept,
+    nothing else is fetched. Raises WeightsNotFoundError naming the file it could not fetch.
     Returns ``weights_dir``.
     """
     weights_dir = Path(weights_dir)
-    unet_file = UNET_WEIGHTS[1] if unet_variant == "fp16" else UNET_WEIGHTS[0]
+    base_dir = weights_dir / BASE_MODEL_FOLDER
     plan = {
-        (DEFAULT_BASE_MODEL, BASE_MODEL_FOLDER): [UNET_CONFIG, unet_file, SCHEDULER_CONFIG],
+        (base_model, BASE_MODEL_FOLDER): [UNET_CONFIG, SCHEDULER_CONFIG],
         (DEFAULT_VAE, VAE_FOLDER): list(VAE_FILES),
         (DEFAULT_CATVTON, CATVTON_FOLDER): [
             *(attention_file_name(version) for version in attention_versions),
@@ -204,10 +212,33 @@ def download_weights(
     }
     for (repo_id, folder), names in plan.items():
         for name in names:
-            try:
-                hf_hub_download(repo_id, name, local_dir=weights_dir / folder)
-            except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError) as error:
-                raise WeightsNotFoundError(
-                    f"{repo_id}/{name}", fix=f"Downloading it failed: {error}"
-                ) from error
+            _fetch(repo_id, name, weights_dir / folder)
+    if not any((base_dir / name).is_file() for name in UNET_WEIGHTS):
+        _fetch(base_model, _unet_weights_in(base_model), base_dir)
     return weights_dir
+
+
+def _unet_weights_in(repo_id: str) -> str:
+    """The preferred UNet weights file among those the hub repo ships."""
+    try:
+        available = set(list_repo_files(repo_id))
+    except (HfHubHTTPError, OSError) as error:
+        raise WeightsNotFoundError(
+            f"{repo_id}/{UNET_WEIGHTS[0]}", fix=f"Listing the repo's files failed: {error}"
+        ) from error
+    for name in UNET_WEIGHTS:
+        if name in available:
+            return name
+    raise WeightsNotFoundError(
+        f"{repo_id}/{UNET_WEIGHTS[0]}",
+        fix=f"The repo ships none of {', '.join(UNET_WEIGHTS)}; is it an SD-1.5 inpainting repo?",
+    )
+
+
+def _fetch(repo_id: str, name: str, local_dir: Path) -> None:
+    try:
+        hf_hub_download(repo_id, name, local_dir=local_dir)
+    except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError) as error:
+        raise WeightsNotFoundError(
+            f"{repo_id}/{name}", fix=f"Downloading it failed: {error}"
+        ) from error

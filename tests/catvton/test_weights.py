@@ -8,9 +8,11 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
-from catvton import InvalidInputError, WeightsNotFoundError, WeightSources
+from catvton import InvalidInputError, WeightsNotFoundError, WeightSources, load_pipeline
 from catvton.configs import SD15_INPAINTING_UNET_CONFIG, SD15_SCHEDULER_CONFIG
 from catvton.masking import MASKER_FILES
 from catvton.tiny import write_tiny_weights
@@ -155,6 +157,57 @@ def test_download_offline_keeps_present_files_and_names_absent_ones(
         download_weights(weights_copy)
 
 
+# What the default mirror ships (its UNet only as a pickle; no fp16 variant).
+MIRROR_FILES = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/pytorch_model.bin",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.bin",
+    "vae/diffusion_pytorch_model.bin",
+]
+
+
+@pytest.mark.parametrize(
+    ("repo_files", "chosen"),
+    [
+        (MIRROR_FILES, "unet/diffusion_pytorch_model.bin"),
+        (
+            [*MIRROR_FILES, "unet/diffusion_pytorch_model.fp16.safetensors"],
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+        ),
+        (["unet/config.json"], None),
+    ],
+)
+def test_download_picks_the_safest_unet_file_the_repo_ships(
+    monkeypatch, tmp_path: Path, repo_files: list[str], chosen: str | None
+) -> None:
+    requested: list[str] = []
+    monkeypatch.setattr(
+        "catvton.weights.hf_hub_download",
+        lambda repo_id, filename, *, local_dir: requested.append(filename),
+    )
+    monkeypatch.setattr("catvton.weights.list_repo_files", lambda repo_id: repo_files)
+    if chosen is None:
+        with pytest.raises(WeightsNotFoundError, match=r"SD-1\.5 inpainting repo"):
+            download_weights(tmp_path, base_model="someone/not-inpainting")
+    else:
+        download_weights(tmp_path, base_model="someone/inpainting")
+        assert requested[-1] == chosen
+
+
+def test_pickled_unet_loads_when_it_is_the_only_weights_file(weights_copy: Path) -> None:
+    """The default mirror's layout: unet/diffusion_pytorch_model.bin, read without running code."""
+    unet_dir = weights_copy / "stable-diffusion-inpainting/unet"
+    safetensors_file = unet_dir / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(safetensors_file), unet_dir / "diffusion_pytorch_model.bin")
+    safetensors_file.unlink()
+    resolved = WeightSources(weights_dir=weights_copy).resolve()
+    assert resolved.unet_weights.name == "diffusion_pytorch_model.bin"
+    pipeline = load_pipeline(resolved, device="cpu", dtype="fp32", size=(64, 64))
+    assert pipeline.unet.config.in_channels == 9
+
+
 def test_download_fetches_only_the_files_the_pipeline_reads(monkeypatch, tmp_path: Path) -> None:
     """The hub client is swapped for a recorder at the network boundary: the plan is under test."""
     requested: list[tuple[str, str, Path]] = []
@@ -164,14 +217,12 @@ def test_download_fetches_only_the_files_the_pipeline_reads(monkeypatch, tmp_pat
         return str(Path(local_dir) / filename)
 
     monkeypatch.setattr("catvton.weights.hf_hub_download", record)
-    download_weights(tmp_path, unet_variant="fp16")
+    monkeypatch.setattr("catvton.weights.list_repo_files", lambda repo_id: MIRROR_FILES)
+    download_weights(tmp_path)
     assert sorted((repo, name) for repo, name, _ in requested) == sorted(
         [
             ("booksforcharlie/stable-diffusion-inpainting", "unet/config.json"),
-            (
-                "booksforcharlie/stable-diffusion-inpainting",
-                "unet/diffusion_pytorch_model.fp16.safetensors",
-            ),
+            ("booksforcharlie/stable-diffusion-inpainting", "unet/diffusion_pytorch_model.bin"),
             ("booksforcharlie/stable-diffusion-inpainting", "scheduler/scheduler_config.json"),
             ("stabilityai/sd-vae-ft-mse", "config.json"),
             ("stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors"),
