@@ -34,6 +34,17 @@ class TryOnOptions(BaseModel):
     repaint: bool = Field(False, description="blend the original photo back outside the mask")
     output_format: OutputFormat = Field("png", description="png, jpeg (or jpg) or webp")
 
+    @classmethod
+    def allowed_values(cls, name: str) -> str | None:
+        """The range of a numeric field, read from its constraints, e.g. "10..100"."""
+        field = cls.model_fields.get(name)
+        if field is None:
+            return None
+        bounds = {type(rule).__name__: rule for rule in field.metadata}
+        if "Ge" in bounds and "Le" in bounds:
+            return f"{bounds['Ge'].ge}..{bounds['Le'].le}"
+        return None
+
     @model_validator(mode="before")
     @classmethod
     def drop_blank_fields(cls, data: Any) -> Any:

@@ -83,10 +83,18 @@ async def wait_for_disconnect(request: Request) -> None:
 
 
 def parse_options(fields: dict[str, str]) -> TryOnOptions:
+    """The text fields -> validated options, or 422 naming each bad field and its allowed range."""
     try:
         return TryOnOptions.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidFieldError(describe_validation_errors(exc.errors())) from exc
+        names = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        ranges = [
+            f"{name} {allowed}"
+            for name in sorted(names)
+            if (allowed := TryOnOptions.allowed_values(name)) is not None
+        ]
+        hint = f" (allowed: {', '.join(ranges)})" if ranges else ""
+        raise InvalidFieldError(describe_validation_errors(exc.errors()) + hint) from exc
 
 
 @router.post(
