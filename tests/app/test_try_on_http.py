@@ -102,7 +102,7 @@ def _valid_files() -> list:
         ([*_valid_files(), ("num_inference_steps", b"many", None, None)], "num_inference_steps"),
         (
             [*_valid_files(), ("num_inference_steps", b"5", None, None)],
-            "greater than or equal to 10",
+            "num_inference_steps 10..100",
         ),
         (
             [*_valid_files(), ("num_inference_steps", b"101", None, None)],
