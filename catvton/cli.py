@@ -16,7 +16,7 @@ from PIL import Image
 
 from catvton.errors import CatVTONError, InvalidInputError
 from catvton.loading import DTYPES, choose_device, default_size, load_pipeline
-from catvton.masking import CLOTH_TYPES, load_automasker, parse_cloth_type
+from catvton.masking import CLOTH_TYPES, load_automasker, parse_cloth_type, save_debug_maps
 from catvton.preprocess import fit_person
 from catvton.tiny import write_tiny_weights
 from catvton.weights import (
@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--person", type=Path, required=True, help="person photo")
     mask.add_argument("--cloth-type", required=True, help=", ".join(CLOTH_TYPES))
     mask.add_argument("--out", type=Path, required=True, help="mask image (white = repaint)")
+    mask.add_argument(
+        "--debug-dir",
+        type=Path,
+        help="also write the DensePose, ATR and LIP maps there (label PNGs and coloured PNGs)",
+    )
     mask.set_defaults(run=run_mask)
     return parser
 
@@ -180,6 +185,9 @@ def run_mask(args: argparse.Namespace) -> None:
     print(f"mask        {time.perf_counter() - start:7.3f} s  (load and run the AutoMasker)")
     result.mask.save(args.out)
     print(f"wrote {args.out}")
+    if args.debug_dir is not None:
+        for path in save_debug_maps(result, args.debug_dir):
+            print(f"wrote {path}")
 
 
 def weight_sources(args: argparse.Namespace) -> WeightSources:

@@ -84,6 +84,18 @@ def test_mask_command_writes_a_binary_mask(tiny_weights, image_files, tmp_path) 
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
 
+def test_mask_debug_dir_gets_every_label_map(tiny_weights, image_files, tmp_path) -> None:
+    args = ["mask", "--weights", tiny_weights, "--person", image_files["person"]]
+    args += ["--cloth-type", "upper", "--size", "96x128", "--out", tmp_path / "mask.png"]
+    assert main(list(map(str, [*args, "--debug-dir", tmp_path / "debug"]))) == 0
+    for name, labels in (("densepose", 25), ("atr", 18), ("lip", 20)):
+        with Image.open(tmp_path / "debug" / f"{name}.png") as label_map:
+            assert label_map.size == (96, 128) and label_map.mode == "L"
+            assert np.asarray(label_map).max() < labels
+        with Image.open(tmp_path / "debug" / f"{name}_color.png") as picture:
+            assert picture.mode == "RGB"
+
+
 def test_make_tiny_weights_writes_a_loadable_folder(tmp_path, capsys) -> None:
     assert main(["make-tiny-weights", str(tmp_path / "w")]) == 0
     assert (tmp_path / "w/CatVTON/mix-48k-1024/attention/model.safetensors").is_file()
