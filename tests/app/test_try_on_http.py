@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import socket
+from urllib.parse import urlsplit
 
 import httpx
 import pillow_heif
@@ -201,3 +203,21 @@ def test_cors_preflight_from_the_app(tiny_server: str) -> None:
     )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] in ("*", "http://localhost:8081")
+
+
+def test_an_announced_oversize_body_gets_413_before_it_is_sent(tiny_server: str) -> None:
+    url = urlsplit(tiny_server)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as connection:
+        connection.sendall(
+            f"POST /api/try-on HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\n"
+            "Content-Length: 5000000000\r\n\r\n".encode()
+        )
+        reply = ""
+        while "}" not in reply:  # the headers and the JSON body may come in separate reads
+            chunk = connection.recv(65536).decode("latin-1")
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith("HTTP/1.1 413")
+    assert '"error":"payload_too_large"' in reply
