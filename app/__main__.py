@@ -6,8 +6,10 @@ import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from app.errors import describe_validation_errors
 from app.main import create_app
 from app.request_id import configure_logging
 from app.settings import Settings
@@ -16,7 +18,10 @@ logger = logging.getLogger("app")
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
+    try:
+        settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
+    except ValidationError as exc:  # a bad flag or CATVTON_* value: one line each, no traceback
+        raise SystemExit(f"python -m app: {describe_validation_errors(exc.errors())}") from None
     configure_logging(settings.log_level)
     if settings.demo:
         logger.warning("=" * 72)
