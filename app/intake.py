@@ -304,14 +304,15 @@ async def fit_to_size(images: TryOnImages, size: tuple[int, int]) -> TryOnImages
     worker spends its time on the model; the pipeline's own fitting is then a no-op. The automatic
     mask is computed later, on the fitted person.
     """
-    mask_task = (
-        run_in_threadpool(fit_mask, images.mask_image, size)
-        if images.mask_image is not None
-        else asyncio.sleep(0)
-    )
-    person_image, cloth_image, mask_image = await asyncio.gather(
+    fits = [
         run_in_threadpool(fit_person, images.person_image, size),
         run_in_threadpool(fit_cloth, images.cloth_image, size),
-        mask_task,
+    ]
+    if images.mask_image is not None:
+        fits.append(run_in_threadpool(fit_mask, images.mask_image, size))
+    person_image, cloth_image, *mask_image = await asyncio.gather(*fits)
+    return TryOnImages(
+        person_image=person_image,
+        cloth_image=cloth_image,
+        mask_image=mask_image[0] if mask_image else None,
     )
-    return TryOnImages(person_image=person_image, cloth_image=cloth_image, mask_image=mask_image)
