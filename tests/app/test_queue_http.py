@@ -169,7 +169,7 @@ def test_a_request_that_waits_past_the_timeout_gets_503(tiny_weights: Path) -> N
     settings = tiny_settings(tiny_weights, queue_size=1, queue_timeout=0.3)
     with serve(settings) as base_url, ThreadPoolExecutor(max_workers=1) as pool:
         wait_until_ready(base_url)
-        running = pool.submit(post_try_on, base_url, try_on_parts(**FAST))
+        running = pool.submit(post_try_on, base_url, try_on_parts(**SLOW))  # outlasts the wait
         wait_for(base_url, lambda body: body["busy"])
         started = time.perf_counter()
         response = post_try_on(base_url, try_on_parts(**FAST))
