@@ -32,7 +32,7 @@ from http_helpers import (
 from app.worker import InferenceWorker, load_models
 
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
-SLOW = {"num_inference_steps": "40", "guidance_scale": "1.0"}
+SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}  # seconds: room to fill the queue
 
 
 class UNetProbe:
@@ -144,7 +144,7 @@ def test_queue_full_gets_503_at_once_and_admitted_requests_run_one_at_a_time(
     assert [response.status_code for response in responses] == [200, 200, 200]
     assert probe.max_active == 1
     assert probe.threads == {"device-worker"}
-    assert probe.calls == 40 + 10 + 10  # the quitter's 10 steps never ran
+    assert probe.calls == 100 + 10 + 10  # the quitter's 10 steps never ran
     assert health(base_url)["inferences_served"] == served_before + 3
 
 
