@@ -17,13 +17,13 @@ MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # long-distance matches, and trying all five filters per row costs more than it saves. The PNG
 # stays lossless; a client that wants a small answer asks for JPEG or WebP.
 PNG_PARAMS = [
-    cv2.IMWRITE_PNG_FILTER,
-    cv2.IMWRITE_PNG_FILTER_AVG,
     cv2.IMWRITE_PNG_COMPRESSION,
     1,
     cv2.IMWRITE_PNG_STRATEGY,
     cv2.IMWRITE_PNG_STRATEGY_RLE,
 ]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11; older builds keep the adaptive filters
+    PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG]
 JPEG_QUALITY = 90
 WEBP_QUALITY = 85
 
