@@ -1,7 +1,7 @@
 """Time the AutoMasker with real-size random weights (the published shapes) on the CPU or a GPU.
 
-    PYTHONPATH=. .venv/bin/python scripts/benchmark_masker.py --device cpu --repeats 3
-    PYTHONPATH=. .venv/bin/python scripts/benchmark_masker.py --device cuda --repeats 5
+    .venv/bin/python scripts/benchmark_masker.py --device cpu --repeats 3
+    .venv/bin/python scripts/benchmark_masker.py --device cuda --repeats 5
 
 Writes real-size checkpoints in the published formats to a temporary folder, loads them through
 `load_automasker`, and times each stage and the whole call on a synthetic 768 x 1024 person. The
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+# Runs from anywhere without installing: the repository root holds the catvton package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catvton.masking import load_automasker
 from catvton.masking.automasker import (
