@@ -11,10 +11,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "Creating the virtual environment in .venv"
   python3 -m venv .venv
 fi
-stamp=.venv/.requirements.sha256
-if ! sha256sum --status -c "$stamp" 2>/dev/null; then
+# A copy of the requirements last installed: reinstall only when requirements.txt changed.
+installed=.venv/requirements.installed.txt
+if ! cmp -s requirements.txt "$installed"; then
   echo "Installing requirements.txt into .venv"
   .venv/bin/python -m pip install --disable-pip-version-check -r requirements.txt
-  sha256sum requirements.txt >"$stamp"
+  cp requirements.txt "$installed"
 fi
 exec .venv/bin/python -m app --host 0.0.0.0 --port 8000 "$@"
