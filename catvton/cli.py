@@ -145,13 +145,15 @@ def run_tryon(args: argparse.Namespace) -> None:
         f"load        {time.perf_counter() - start:7.3f} s  ({pipeline.device}, {pipeline.dtype})"
     )
 
-    # 2. Read the images; compute the mask on the cropped person unless one is given.
-    person = fit_person(read_image(args.person, "--person"), pipeline.size)
+    # 2. Read the images; compute the mask on the cropped person unless one is given (a given
+    #    mask is checked against the photo as read, and gets its crop in the pipeline).
+    person = read_image(args.person, "--person")
     cloth = read_image(args.cloth, "--cloth")
     if args.mask is not None:
         mask = read_image(args.mask, "--mask")
     else:
         cloth_type = parse_cloth_type(args.cloth_type)
+        person = fit_person(person, pipeline.size)
         start = time.perf_counter()
         masker = load_automasker(resolved.catvton_dir, device=args.masker_device or pipeline.device)
         mask = masker(person, cloth_type).mask

@@ -20,6 +20,7 @@ from PIL import Image
 
 from catvton.errors import InvalidInputError
 from catvton.preprocess import (
+    check_mask_shape,
     fit_cloth,
     fit_mask,
     fit_person,
@@ -93,7 +94,8 @@ class CatVTONPipeline:
         """Dress ``person_image`` in ``cloth_image`` inside ``mask_image`` (white = repaint).
 
         Images may have any size and mode: they are fitted to the working size here (a no-op when
-        already fitted). ``guidance_scale <= 1`` runs the conditional pass alone (half the work).
+        already fitted). ``mask_image`` must have ``person_image``'s aspect ratio (it gets the
+        person's crop). ``guidance_scale <= 1`` runs the conditional pass alone (half the work).
         ``seed=-1`` picks a random seed; the result reports the seed used. Equal seeds give equal
         images on the same device and dtype. Raises InvalidInputError naming the bad argument.
         """
@@ -230,6 +232,7 @@ def _check_arguments(
             raise InvalidInputError(f"{name} must be a PIL image; got {type(value).__name__}")
         if value.width < 1 or value.height < 1:
             raise InvalidInputError(f"{name} is empty ({value.width}x{value.height})")
+    check_mask_shape(person_image, mask_image)
     if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
         raise InvalidInputError(
             f"num_inference_steps must be an integer from 1 to {MAX_INFERENCE_STEPS}; "

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
+from catvton.errors import InvalidInputError
+
 # Mask smoothing before binarising: removes the mask's jagged edges and pixel islands.
 MASK_BLUR_RADIUS = 9
 MASK_THRESHOLD = 0.5
@@ -18,6 +20,12 @@ MASK_THRESHOLD = 0.5
 REPAINT_BLUR_DIVISOR = 50
 WHITE = (255, 255, 255)
 EXIF_ORIENTATION = 0x0112
+# EXIF orientations that turn the stored image by 90 degrees (width and height swap).
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+# A user mask may be drawn at another resolution than the person, but not at another shape: its
+# aspect ratio may differ by this fraction at most (rounding of a resized mask), else the person's
+# crop would cut it elsewhere.
+MASK_ASPECT_TOLERANCE = 0.01
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -79,15 +87,30 @@ def fit_cloth(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return ImageOps.pad(image, size, method=Image.Resampling.LANCZOS, color=WHITE)
 
 
+def check_mask_shape(person_image: Image.Image, mask_image: Image.Image) -> None:
+    """Refuse a user mask whose (upright) aspect ratio is not the person's: InvalidInputError.
+
+    ``fit_mask`` crops the mask with the person's rule, which only lands on the same region of the
+    photo when both have one shape. Call it on the images as received, before fitting.
+    """
+    (person_w, person_h), (mask_w, mask_h) = upright_size(person_image), upright_size(mask_image)
+    if abs(mask_w * person_h - person_w * mask_h) > MASK_ASPECT_TOLERANCE * person_w * mask_h:
+        raise InvalidInputError(
+            f"mask_image ({mask_w}x{mask_h}) must have the aspect ratio of person_image "
+            f"({person_w}x{person_h}): draw the mask on the person photo itself"
+        )
+
+
 def fit_mask(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Binary ``L`` mask (0 or 255, white = repaint) at ``size``, cropped like the person.
 
     Any pixel above 0 counts as masked. Returns ``image`` unchanged when it is already a binary
     ``L`` mask at ``size``.
     """
+    image = _upright(image)
     if image.size == tuple(size) and image.mode == "L" and _is_binary(image):
         return image
-    mask = _upright(image).convert("L").point(lambda v: 255 if v > 0 else 0)
+    mask = image.convert("L").point(lambda v: 255 if v > 0 else 0)
     if mask.size != tuple(size):
         box = person_crop_box(mask.size, size)
         mask = mask.crop(box).resize(size, Image.Resampling.LANCZOS)
@@ -132,6 +155,13 @@ def repaint_blend(person: Image.Image, result: Image.Image, mask: Image.Image) -
         + np.asarray(result, dtype=np.float32) * weight
     )
     return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """``(W, H)`` of ``image`` once its EXIF orientation is applied, without transposing it."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSING_ORIENTATIONS:
+        return image.height, image.width
+    return image.size
 
 
 def _upright(image: Image.Image) -> Image.Image:

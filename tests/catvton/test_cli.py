@@ -64,6 +64,17 @@ def test_tryon_with_a_mask_writes_the_image_and_timings(
         assert image.size == (96, 128) and image.mode == "RGB"
 
 
+def test_tryon_with_a_mask_of_another_shape_exits_1(
+    tiny_weights, image_files, tmp_path, capsys
+) -> None:
+    """The mask is compared with the person photo as read (not with the fitted person)."""
+    wide_mask = tmp_path / "wide_mask.png"
+    Image.new("L", (400, 300), 255).save(wide_mask)
+    args = [*tryon_args(tiny_weights, image_files, tmp_path / "out.png"), "--mask", wide_mask]
+    assert main(list(map(str, args))) == 1
+    assert "mask_image (400x300)" in capsys.readouterr().err
+
+
 def test_python_m_catvton_tryon_with_a_cloth_type(tiny_weights, image_files, tmp_path) -> None:
     """The real entry point, in a fresh process: the AutoMasker computes the mask."""
     out = tmp_path / "out.png"

@@ -79,6 +79,13 @@ def test_non_image_input_is_refused_by_name(tiny_pipeline, images) -> None:
         tiny_pipeline(person, cloth, np.zeros((4, 4)), num_inference_steps=1)
 
 
+def test_mask_of_another_shape_is_refused_by_name(tiny_pipeline, images) -> None:
+    """The person's crop would cut a differently shaped mask elsewhere: refused, not misplaced."""
+    person, cloth, mask = images
+    with pytest.raises(InvalidInputError, match="mask_image"):
+        tiny_pipeline(person, cloth, mask.rotate(90, expand=True), num_inference_steps=1)
+
+
 def count_unet_batches(pipeline: CatVTONPipeline) -> tuple[list[int], object]:
     """Record the batch size of every UNet call (a forward pre-hook; the UNet itself runs)."""
     batches: list[int] = []

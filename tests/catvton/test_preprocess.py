@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catvton import InvalidInputError
 from catvton.preprocess import (
+    check_mask_shape,
     fit_cloth,
     fit_mask,
     fit_person,
@@ -18,6 +20,7 @@ from catvton.preprocess import (
     repaint_blend,
     smooth_mask,
     to_rgb,
+    upright_size,
 )
 
 SIZE = (96, 128)  # (W, H), 3:4 like 768 x 1024
@@ -97,6 +100,37 @@ def exif_rotated_jpeg() -> Image.Image:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", exif=exif)
     return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def test_mask_must_have_the_person_shape() -> None:
+    person = Image.new("RGB", (300, 400))
+    check_mask_shape(person, Image.new("L", (300, 400)))
+    check_mask_shape(person, Image.new("L", (151, 201)))  # another resolution, same shape
+    with pytest.raises(
+        InvalidInputError, match=r"mask_image \(400x300\).*person_image \(300x400\)"
+    ):
+        check_mask_shape(person, Image.new("L", (400, 300)))
+
+
+def test_mask_shape_is_compared_upright() -> None:
+    sideways = exif_rotated_jpeg()  # stored 40 x 20, upright 20 x 40
+    assert upright_size(sideways) == (20, 40)
+    check_mask_shape(sideways, Image.new("L", (20, 40)))
+    with pytest.raises(InvalidInputError, match="mask_image"):
+        check_mask_shape(sideways, Image.new("L", (40, 20)))
+
+
+def test_fit_mask_applies_exif_orientation_even_at_the_working_size() -> None:
+    """A binary mask stored sideways at exactly the working size is turned upright, not kept."""
+    stored = Image.new("L", (128, 96), 0)
+    stored.paste(255, (0, 0, 64, 96))  # left half white: upright (90 degrees CW), the top half
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(buffer, format="PNG", exif=exif)
+    fitted = np.asarray(fit_mask(Image.open(io.BytesIO(buffer.getvalue())), (128, 96)))
+    assert fitted.shape == (96, 128)
+    assert (fitted[:40] == 255).all() and (fitted[56:] == 0).all()
 
 
 def test_exif_orientation_is_applied() -> None:
