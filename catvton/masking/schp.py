@@ -4,8 +4,8 @@ Self-Correction Human Parsing (Li et al., 2019) predicts one label per pixel (AT
 LIP: 20). The module names follow the published checkpoints (`conv1`, `layer3.22.bn2`,
 `fushion.3`, ...) so their state dicts load one to one. The original uses InPlaceABN: in eval mode
 that is a frozen batch norm followed by leaky ReLU (slope 0.01), or a bare frozen batch norm where
-it is built with activation "none" (inside the ResNet): `ActivatedBatchNorm` and
-`FrozenBatchNorm2d` here.
+it is built with activation "none" (inside the ResNet): `FrozenLeakyABN` and `FrozenABN` here.
+Both scale by |weight| + eps, as InPlaceABN's kernels do (see `FrozenABN`).
 """
 
 from __future__ import annotations
@@ -29,17 +29,35 @@ BOTTLENECK_EXPANSION = 4
 PYRAMID_SIZES = (1, 2, 3, 6)
 
 
-class ActivatedBatchNorm(FrozenBatchNorm2d):
-    """InPlaceABN in eval mode, default activation: frozen batch norm, then leaky ReLU 0.01."""
+INPLACE_ABN_SLOPE = 0.01  # InPlaceABN's default activation: leaky ReLU with this slope
+
+
+class FrozenABN(FrozenBatchNorm2d):
+    """InPlaceABN with activation "none", in eval mode: a frozen batch norm whose scale is
+    |weight| + eps.
+
+    InPlaceABN's kernels (SCHP's `modules/src`) always scale by |weight| + eps so that the
+    normalisation can be inverted in place during training; the stored weight may therefore be
+    negative, and a plain batch norm would flip the sign of such a channel.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(super().forward(x), negative_slope=0.01)
+        scale = (self.weight.abs() + self.eps) * (self.running_var + self.eps).rsqrt()  # (C,)
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
+class FrozenLeakyABN(FrozenABN):
+    """InPlaceABN with its default activation, in eval mode: `FrozenABN`, then leaky ReLU 0.01."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(super().forward(x), negative_slope=INPLACE_ABN_SLOPE)
 
 
 def _conv_abn(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
     padding = kernel_size // 2
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False)
-    return nn.Sequential(conv, ActivatedBatchNorm(out_channels))
+    return nn.Sequential(conv, FrozenLeakyABN(out_channels))
 
 
 @dataclass(frozen=True)
@@ -100,18 +118,18 @@ class Bottleneck(nn.Module):
         super().__init__()
         out_channels = planes * BOTTLENECK_EXPANSION
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = FrozenABN(planes)
         self.conv2 = nn.Conv2d(
             planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
         )
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = FrozenABN(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(out_channels)
+        self.bn3 = FrozenABN(out_channels)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                FrozenBatchNorm2d(out_channels),
+                FrozenABN(out_channels),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,11 +217,11 @@ class AugmentCE2P(nn.Module):
         super().__init__()
         stem1, stem2, stem3 = config.stem_channels
         self.conv1 = nn.Conv2d(3, stem1, 3, stride=2, padding=1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(stem1)
+        self.bn1 = FrozenABN(stem1)
         self.conv2 = nn.Conv2d(stem1, stem2, 3, padding=1, bias=False)
-        self.bn2 = FrozenBatchNorm2d(stem2)
+        self.bn2 = FrozenABN(stem2)
         self.conv3 = nn.Conv2d(stem2, stem3, 3, padding=1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(stem3)
+        self.bn3 = FrozenABN(stem3)
 
         # Layer 4 keeps stride 16 and dilates instead (a DeepLab-style backbone).
         in_channels = stem3
