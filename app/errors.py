@@ -55,6 +55,16 @@ class ModelLoadFailedError(ServiceError):
         super().__init__(f"Model loading failed: {reason}")
 
 
+class WorkerStoppedError(ServiceError):
+    """The device thread died (a bug); nothing more can be served until a restart."""
+
+    status_code = 503
+    code = "worker_stopped"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The inference worker stopped: {reason}")
+
+
 class GPUBusyError(ServiceError):
     status_code = 503
     code = "gpu_busy"

@@ -31,6 +31,7 @@ from app.errors import (
     GPUOutOfMemoryError,
     ModelLoadFailedError,
     ModelsLoadingError,
+    WorkerStoppedError,
 )
 from app.intake import TryOnImages
 from app.schemas import TryOnOptions
@@ -112,14 +113,21 @@ class _Ticket:
         """Settle `future` from the device thread via the loop (futures are not thread-safe)."""
 
         def settle() -> None:
-            if future.done():
+            if future.done():  # cancelled: the request is gone
                 return
-            if error is not None:
-                future.set_exception(error)
-            else:
+            if error is None:
                 future.set_result(result)
+            elif isinstance(error, StopIteration):
+                # A future refuses StopIteration (TypeError) and would never settle: wrap it.
+                wrapped = RuntimeError(f"inference raised StopIteration: {error}")
+                future.set_exception(wrapped.with_traceback(error.__traceback__))
+            else:
+                future.set_exception(error)
 
-        self.loop.call_soon_threadsafe(settle)
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
+            logger.warning("the event loop closed before a result could be delivered")
 
 
 class InferenceWorker:
@@ -190,9 +198,13 @@ class InferenceWorker:
 
     def check_accepting(self) -> None:
         """Raise the 503 a new request would get now; cheap, so a route calls it before reading."""
+        if self._stopping:
+            raise GPUBusyError("the server is shutting down")
         if self.state == "loading":
             raise ModelsLoadingError(self.loading_step)
         if self.state == "error":
+            if self.models is not None:
+                raise WorkerStoppedError(self.error or "unknown error")
             raise ModelLoadFailedError(self.error or "unknown error")
         if len(self._waiting) + (self._running is not None) > self.queue_size:
             raise GPUBusyError(f"{len(self._waiting)} requests are already waiting")
@@ -242,8 +254,26 @@ class InferenceWorker:
     # -- the device thread -----------------------------------------------------------------------
 
     def _own_device(self) -> None:
-        if not self._load_models():
-            return
+        try:
+            if self._load_models():
+                self._serve_forever()
+        except BaseException as exc:
+            # Only a bug, or a load that raised a BaseException, gets here (`_serve` settles
+            # every job). Say so in /health and refuse what waits, rather than report "ok" while
+            # requests wait for a dead thread.
+            logger.critical("the device worker stopped: %r", exc, exc_info=True)
+            with self._condition:
+                self.error = f"{exc!r}; restart the server"
+                self.state = "error"
+                refused, running = list(self._waiting), self._running
+                self._waiting.clear()
+                self._running = None
+            for ticket in refused:
+                ticket.resolve(ticket.started, error=WorkerStoppedError(self.error))
+            if running is not None:
+                running.resolve(running.done, error=WorkerStoppedError(self.error))
+
+    def _serve_forever(self) -> None:
         while True:
             with self._condition:
                 while not self._waiting and not self._stopping:
@@ -251,11 +281,9 @@ class InferenceWorker:
                 if self._stopping:
                     return
                 ticket = self._running = self._waiting.popleft()
-            try:
-                ticket.context.run(self._serve, ticket)
-            finally:
-                with self._condition:
-                    self._running = None
+            ticket.context.run(self._serve, ticket)
+            with self._condition:
+                self._running = None
 
     def _load_models(self) -> bool:
         def progress(step: str) -> None:
@@ -298,15 +326,25 @@ class InferenceWorker:
             ticket.resolve(ticket.done, error=GPUOutOfMemoryError())
         except Exception as exc:
             ticket.resolve(ticket.done, error=exc)
+        except BaseException as exc:  # e.g. SystemExit from a library: this thread must live on
+            error = RuntimeError(f"inference raised {type(exc).__name__}: {exc}")
+            ticket.resolve(ticket.done, error=error.with_traceback(exc.__traceback__))
         else:
             self.inferences_served += 1
             outcome.timings["queue_wait"] = queue_wait
             ticket.resolve(ticket.done, outcome)
         finally:
             # Outside the except blocks, so the OOM traceback's tensors are already released.
-            device = self.device
-            if device is not None and device.type == "cuda":
-                torch.cuda.empty_cache()
+            self._empty_cache()
+
+    def _empty_cache(self) -> None:
+        device = self.device
+        if device is None or device.type != "cuda":
+            return
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # a broken CUDA context: the job's own error already says why
+            logger.exception("torch.cuda.empty_cache() failed")
 
     def _infer(self, job: TryOnJob) -> TryOnOutcome:
         assert self.models is not None

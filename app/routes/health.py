@@ -35,7 +35,8 @@ def describe(worker: InferenceWorker, demo: bool) -> str:
     if worker.state == "loading":
         return f"Models are still loading ({worker.loading_step})"
     if worker.state == "error":
-        return f"Model loading failed: {worker.error}"
+        stage = "The inference worker stopped" if worker.models else "Model loading failed"
+        return f"{stage}: {worker.error}"
     return DEMO_NOTE if demo else "Ready"
 
 

@@ -95,3 +95,18 @@ def test_demo_mode_generates_tiny_weights_and_says_so(tmp_path: Path) -> None:
         assert "DEMO MODE" in body["message"]
         assert tuple(body["size"]) == TINY_SIZE
         assert (tmp_path / "demo" / "CatVTON").is_dir()
+
+
+def test_a_loader_that_raises_a_base_exception_reports_error_not_loading(tmp_path: Path) -> None:
+    settings = Settings(weights_dir=tmp_path, device="cpu")
+
+    def exit_while_loading(progress: ProgressCallback) -> Models:
+        raise SystemExit("a library called sys.exit()")
+
+    worker = InferenceWorker(exit_while_loading)
+    with serve(settings, worker) as base_url:
+        body = wait_until_ready(base_url, timeout=10)
+        assert (body["status"], body["model_loaded"]) == ("error", False)
+        assert "sys.exit()" in body["error"] and "restart the server" in body["error"]
+        refused = post_try_on(base_url, try_on_parts(), timeout=10)
+        assert_envelope(refused, 503, "model_load_failed", "sys.exit()")

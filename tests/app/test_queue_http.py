@@ -178,3 +178,23 @@ def test_a_request_that_waits_past_the_timeout_gets_503(tiny_weights: Path) -> N
         assert "Retry-After" in response.headers
         assert 0.3 <= waited < 2.0
         assert running.result(timeout=120).status_code == 200
+
+
+def test_a_job_that_raises_stop_iteration_gets_500_and_the_worker_serves_on(
+    queue_server: tuple[str, InferenceWorker],
+) -> None:
+    """An asyncio future refuses StopIteration: unwrapped, the request would hang for good."""
+    base_url, worker = queue_server
+    assert worker.models is not None
+    unet = worker.models.pipeline.unet
+
+    def raise_stop_iteration_once(module: torch.nn.Module, args: tuple) -> None:
+        handle.remove()
+        raise StopIteration
+
+    handle = unet.register_forward_pre_hook(raise_stop_iteration_once)
+    response = post_try_on(base_url, try_on_parts(**FAST), timeout=30)
+    body = assert_envelope(response, 500, "internal_error", "Internal server error")
+    assert "StopIteration" not in body["message"]  # details go to the log only
+    assert post_try_on(base_url, try_on_parts(**FAST)).status_code == 200
+    assert health(base_url)["status"] == "ok"
