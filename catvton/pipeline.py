@@ -122,8 +122,8 @@ class CatVTONPipeline:
         with self._timed(timings, "encode"):
             masked_person = person_tensor * (mask_tensor < 0.5)  # masked pixels -> 0 (mid grey)
             images = torch.cat([masked_person, cloth_tensor])  # (2, 3, H, W)
-            latents = self.vae.encode(images).latent_dist.mode() * self.latent_scale
-            person_latents, cloth_latents = latents.float().chunk(2)  # (1, 4, h, w) each
+            image_latents = self.vae.encode(images).latent_dist.mode() * self.latent_scale
+            person_latents, cloth_latents = image_latents.float().chunk(2)  # (1, 4, h, w) each
 
         # 3. Prepare the denoising inputs. The generator's first use is the initial noise.
         with self._timed(timings, "prepare"):
@@ -135,18 +135,18 @@ class CatVTONPipeline:
                 device=self.device,
                 dtype=torch.float32,
             )  # (1, 4, 2h, w)
-            latents = noise_latents * self.scheduler.init_noise_sigma
+            latents = noise_latents * self.scheduler.init_noise_sigma  # (1, 4, 2h, w), fp32
             mask_latents = torch.nn.functional.interpolate(
                 mask_tensor, size=(latent_h, latent_w), mode="nearest"
             )  # (1, 1, h, w)
-            # The garment half of the stack is always "keep".
+            # The garment half of the stack is always "keep": (1, 1, 2h, w).
             mask_latents = torch.cat([mask_latents, torch.zeros_like(mask_latents)], dim=-2)
             cond_latents = torch.cat([person_latents, cloth_latents], dim=-2)  # (1, 4, 2h, w)
             if use_guidance:
                 # Unconditional: the same masked person with an all-zero garment half.
                 uncond_latents = torch.cat([person_latents, torch.zeros_like(cloth_latents)], -2)
                 cond_latents = torch.cat([uncond_latents, cond_latents])  # (2, 4, 2h, w)
-                mask_latents = mask_latents.expand(2, -1, -1, -1)
+                mask_latents = mask_latents.expand(2, -1, -1, -1)  # (2, 1, 2h, w)
             # The 5 condition channels never change: write them once, refresh the first 4 per step.
             unet_input = torch.cat(
                 [torch.empty_like(cond_latents), mask_latents, cond_latents], dim=1
