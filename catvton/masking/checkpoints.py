@@ -13,6 +13,7 @@ the file names:
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 from collections.abc import Iterable, Mapping
@@ -46,13 +47,18 @@ def _numpy_safe_globals() -> list[object]:
     """numpy arrays, scalars and dtypes for `torch.load(weights_only=True)`, both module names.
 
     Training scripts often store a metric as a numpy scalar beside the weights; torch's
-    weights-only unpickler refuses those unless allowed, and old files name `numpy.core`.
+    weights-only unpickler refuses those unless allowed. Files written under numpy 1 name
+    `numpy.core`, under numpy 2 `numpy._core`; both names are admitted, whichever numpy runs
+    (numpy 1.26 has `numpy._core.multiarray` only as an importable alias, not as `np._core`).
     """
-    multiarray = np._core.multiarray
+    multiarray = importlib.import_module("numpy._core.multiarray")
     allowed: list[object] = [np.dtype, np.ndarray]
     for name in ("_reconstruct", "scalar"):
         function = getattr(multiarray, name)
-        allowed += [function, (function, f"numpy.core.multiarray.{name}")]
+        allowed += [
+            (function, f"{module}.{name}")
+            for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        ]
     allowed += [
         getattr(np.dtypes, f"{kind}DType")
         for kind in ("Float64", "Float32", "Float16", "Int64", "Int32", "Bool")

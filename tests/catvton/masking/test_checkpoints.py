@@ -6,6 +6,7 @@ published format and read back through the loader that reads the real files.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -61,6 +62,21 @@ def test_schp_file_with_numpy_metrics_beside_the_weights_loads(
     checkpoint.update(miou=np.float64(0.8), epoch=150, history=np.zeros(3, dtype=np.float32))
     path = tmp_path / "with_metrics.pth"
     torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy_format)
+    load_schp(path)
+
+
+def test_schp_file_written_under_numpy_1_loads(masker_dir: Path, tmp_path: Path) -> None:
+    """Files from 2019 name numpy 1's `numpy.core.multiarray`; numpy 2 writes `numpy._core`."""
+    checkpoint = torch.load(masker_dir / SCHP_ATR_FILE, weights_only=True)
+    checkpoint.update(miou=np.float64(0.8), history=np.zeros(3, dtype=np.float32))
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    assert b"numpy._core.multiarray" in data
+    path = tmp_path / "numpy1.pth"
+    # The legacy format's pickle names globals as newline-ended text: renaming needs no offsets.
+    path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+
     load_schp(path)
 
 
