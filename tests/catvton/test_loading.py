@@ -30,6 +30,18 @@ def test_device_and_dtype_choice() -> None:
         choose_device("gpu-please")
 
 
+def test_absent_accelerator_is_refused_by_name() -> None:
+    """Asking for a GPU this machine lacks is a clear error, not torch's from inside loading."""
+    with pytest.raises(InvalidInputError, match="cuda:99"):
+        choose_device("cuda:99")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match="'cuda' is not present"):
+            choose_device("cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(InvalidInputError, match="'mps' is not present"):
+            choose_device("mps")
+
+
 def test_default_size_follows_the_attention_version() -> None:
     assert default_size("mix-48k-1024") == (768, 1024)
     assert default_size("vitonhd-16k-512") == (384, 512)
