@@ -43,6 +43,10 @@ _ALLOWED_GLOBALS = {
 }
 
 
+# numpy dtype kinds a weight may have: bool, signed and unsigned integer, floating point.
+_REAL_KINDS = "biuf"
+
+
 def _numpy_safe_globals() -> list[object]:
     """numpy arrays, scalars and dtypes for `torch.load(weights_only=True)`, both module names.
 
@@ -95,8 +99,8 @@ def read_detectron2_pkl(path: Path) -> StateDict:
         raise CheckpointMismatchError(path, missing=["model"])
     state_dict = {}
     for name, array in weights.items():
-        if not isinstance(array, np.ndarray):
-            raise CheckpointMismatchError(path, unexpected=[f"{name} (not an array)"])
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in _REAL_KINDS:
+            raise CheckpointMismatchError(path, unexpected=[f"{name} (not a real-valued array)"])
         state_dict[name] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     return state_dict
 
@@ -117,6 +121,9 @@ def read_schp_pth(path: Path) -> StateDict:
         content = content["state_dict"]
     if not isinstance(content, Mapping):
         raise CheckpointMismatchError(path, missing=["state_dict"])
+    for name, tensor in content.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.is_complex():
+            raise CheckpointMismatchError(path, unexpected=[f"{name} (not a real-valued tensor)"])
     return {name.removeprefix("module."): tensor.float() for name, tensor in content.items()}
 
 

@@ -171,6 +171,25 @@ def test_densepose_checkpoint_with_a_renamed_key_is_refused(masker_dir: Path, tm
     assert error.value.unexpected == ["roi_heads.box_head.fc3.weight"]
 
 
+@pytest.mark.parametrize("value", [3, [1.0], torch.ones(2, dtype=torch.complex64)])
+def test_schp_entry_that_is_not_a_real_tensor_is_refused_by_name(tmp_path: Path, value) -> None:
+    torch.save({"state_dict": {"module.conv1.weight": value}}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"conv1\.weight \(not a real-valued tensor"):
+        load_schp(tmp_path / "odd.pth")
+
+
+@pytest.mark.parametrize(
+    "value", [{"nested": 1}, np.array(["text"]), np.array([1, "x"], dtype=object), np.ones(2, "c8")]
+)
+def test_detectron2_entry_that_is_not_a_real_array_is_refused_by_name(tmp_path: Path, value):
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(pickle.dumps({"model": {"backbone.fpn_lateral2.weight": value}}))
+    with pytest.raises(
+        CheckpointMismatchError, match=r"lateral2\.weight \(not a real-valued array"
+    ):
+        load_densepose(path)
+
+
 @pytest.mark.parametrize("file_name", [SCHP_ATR_FILE, DENSEPOSE_FILE])
 def test_truncated_file_is_refused(masker_dir: Path, tmp_path: Path, file_name: str) -> None:
     data = (masker_dir / file_name).read_bytes()
