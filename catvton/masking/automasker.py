@@ -69,12 +69,17 @@ class AutoMasker:
     def __call__(self, person_image: Image.Image, cloth_type: str) -> MaskResult:
         """Mask `person_image` (already cropped to the working size) for `cloth_type`.
 
-        Raises `InvalidInputError` for an unknown cloth type or an input that is not an image.
+        Raises `InvalidInputError` for an unknown cloth type or an input that is not an image or
+        is empty.
         """
         cloth_type = parse_cloth_type(cloth_type)
         if not isinstance(person_image, Image.Image):
             raise InvalidInputError(
                 f"person_image must be a PIL image; got {type(person_image).__name__}"
+            )
+        if min(person_image.size) < 1:
+            raise InvalidInputError(
+                f"person_image must not be empty; got {person_image.width}x{person_image.height}"
             )
         person_image = person_image.convert("RGB")
         person_bgr = np.ascontiguousarray(np.asarray(person_image)[:, :, ::-1])  # (H, W, 3)

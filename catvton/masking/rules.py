@@ -142,13 +142,13 @@ def build_mask(
     """The repaint mask (H, W) uint8 with values 0 and 255 for one cloth type.
 
     `densepose`, `atr` and `lip` are (H, W) integer label maps of the same size. Raises
-    `InvalidInputError` for an unknown cloth type or maps of different sizes.
+    `InvalidInputError` for an unknown cloth type or maps that are empty or of different sizes.
     """
     cloth_type = parse_cloth_type(cloth_type)
-    if not densepose.shape == atr.shape == lip.shape or densepose.ndim != 2:
+    if not densepose.shape == atr.shape == lip.shape or densepose.ndim != 2 or not densepose.size:
         raise InvalidInputError(
-            f"label maps must be 2-D and equal in size; got densepose {densepose.shape}, "
-            f"atr {atr.shape}, lip {lip.shape}"
+            "label maps must be 2-D, non-empty and equal in size; got "
+            f"densepose {densepose.shape}, atr {atr.shape}, lip {lip.shape}"
         )
     height, width = densepose.shape
     longest = max(height, width)

@@ -108,6 +108,8 @@ def test_bad_arguments_are_named(tiny_masker: AutoMasker, person_image: Image.Im
         tiny_masker(person_image, "socks")
     with pytest.raises(InvalidInputError, match="person_image"):
         tiny_masker(np.zeros((8, 8, 3)), "upper")
+    with pytest.raises(InvalidInputError, match="person_image must not be empty; got 0x8"):
+        tiny_masker(Image.new("RGB", (0, 8)), "upper")
 
 
 def test_square_warp_fits_the_image_corners_into_the_square() -> None:

@@ -158,6 +158,12 @@ def test_maps_of_different_sizes_are_refused() -> None:
         build_mask(densepose, atr[:-4], lip, "upper")
 
 
+def test_empty_maps_are_refused() -> None:
+    empty = np.zeros((0, 8), dtype=np.uint8)
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        build_mask(empty, empty, empty, "upper")
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
