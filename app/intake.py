@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from dataclasses import dataclass, field
 
 import pillow_heif
@@ -29,6 +30,8 @@ from app.errors import (
     UnsupportedImageError,
 )
 from catvton.preprocess import fit_cloth, fit_mask, fit_person, to_rgb
+
+logger = logging.getLogger(__name__)
 
 FILE_FIELDS = ("person_image", "cloth_image", "mask_image")
 REQUIRED_FILE_FIELDS = ("person_image", "cloth_image")
@@ -221,16 +224,24 @@ def decode_image(
             if image_format == "JPEG":
                 _draft_for(image, size)
             image.load()
+        # Inside the try: a corrupt EXIF block fails here, when the orientation is read.
+        return to_rgb(image) if rgb else ImageOps.exif_transpose(image)
+    except PayloadTooLargeError:
+        raise
     except Image.DecompressionBombError as exc:
         raise PayloadTooLargeError(
             f"{name} has more pixels than the cap of {max_pixels / 1e6:g} megapixels"
         ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Decoders of hostile bytes fail in many ways (Pillow: OSError, SyntaxError, ValueError,
+        # EOFError, struct.error; pillow-heif: RuntimeError, IndexError): all mean a bad file.
+        logger.info("%s: %s decoding failed: %r", name, image_format, exc)
         raise UnsupportedImageError(
             f"{name} could not be decoded as {image_format}: "
             f"the file is truncated or corrupt ({exc})"
         ) from exc
-    return to_rgb(image) if rgb else ImageOps.exif_transpose(image)
 
 
 def _check_pixels(name: str, image_size: tuple[int, int], max_pixels: int) -> None:

@@ -87,6 +87,23 @@ def test_truncated_files_are_refused(image_format: str) -> None:
         decode(data[: len(data) // 2])
 
 
+@pytest.mark.parametrize("image_format", ["PNG", "WEBP"])
+def test_a_corrupt_exif_block_is_refused_not_a_crash(image_format: str) -> None:
+    """The EXIF is parsed when the orientation is read, after the pixels: still a 415."""
+    data = encode(photo(), image_format, exif=b"MM\x00\x6a not a TIFF header")
+    with pytest.raises(UnsupportedImageError, match="truncated or corrupt"):
+        decode(data)
+
+
+def test_a_corrupt_heic_is_refused_not_a_crash() -> None:
+    """pillow-heif raises RuntimeError (here: libheif's security limit on iloc extents)."""
+    data = bytearray(heic_bytes(photo()))
+    extent_count = data.index(b"iloc") + 20  # version 0, 4-byte offsets, one item
+    data[extent_count : extent_count + 2] = b"\x7f\xff"
+    with pytest.raises(UnsupportedImageError, match="could not be decoded as HEIF"):
+        decode(bytes(data))
+
+
 @pytest.mark.parametrize("side", [8_000, 100_000], ids=["64MP", "10GP"])
 def test_pixel_bomb_is_refused_before_decoding(side: int) -> None:
     data = png_header_only(side, side)  # in under 100 bytes
