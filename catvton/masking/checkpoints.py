@@ -14,7 +14,6 @@ the file names:
 from __future__ import annotations
 
 import importlib
-import io
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -91,7 +90,7 @@ def read_detectron2_pkl(path: Path) -> StateDict:
     try:
         with open(path, "rb") as handle:
             # latin1: detectron2 reads its zoo files so, for pickles written by Python 2.
-            content = RestrictedUnpickler(io.BufferedReader(handle), encoding="latin1").load()
+            content = RestrictedUnpickler(handle, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise CheckpointMismatchError(path, unexpected=[f"<unreadable pickle: {error}>"]) from error
     weights = content.get("model") if isinstance(content, dict) else None

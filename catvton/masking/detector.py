@@ -173,7 +173,7 @@ def detect_densepose(network: DensePoseRCNN, image: Image.Image) -> np.ndarray:
     device, dtype = parameter.device, parameter.dtype
 
     # 1. Cap the size, then the detector's own resize (PIL bilinear, as detectron2 does).
-    capped = _resize_for_detector(image.convert("RGB"))
+    capped = _resize_for_detector(image if image.mode == "RGB" else image.convert("RGB"))
     height, width = shortest_edge_size(capped.height, capped.width)
     resized = np.asarray(capped.resize((width, height), Image.Resampling.BILINEAR))
 
