@@ -107,6 +107,30 @@ def test_guidance_above_one_batches_uncond_and_cond(
     assert batches == [batch] * 3
 
 
+def test_first_unet_input_follows_the_published_layout(tiny_pipeline, images) -> None:
+    """Noise from a fresh generator first; height stack; zero garment half in the uncond input."""
+    inputs: list[torch.Tensor] = []
+    handle = tiny_pipeline.unet.register_forward_pre_hook(
+        lambda module, args: inputs.append(args[0].clone())
+    )
+    try:
+        run(tiny_pipeline, images, num_inference_steps=1, guidance_scale=2.5, seed=11)
+    finally:
+        handle.remove()
+    (unet_input,) = inputs  # (2, 9, 2h, w): [uncond, cond]
+    latent_h = TINY_SIZE[1] // 8
+    assert unet_input.shape == (2, 9, 2 * latent_h, TINY_SIZE[0] // 8)
+    noise = torch.randn(
+        (1, 4, 2 * latent_h, TINY_SIZE[0] // 8), generator=torch.Generator().manual_seed(11)
+    )
+    torch.testing.assert_close(unet_input[:, :4], noise.expand(2, -1, -1, -1))
+    mask, uncond, cond = unet_input[:, 4:5], unet_input[0, 5:], unet_input[1, 5:]
+    assert mask[:, :, latent_h:].eq(0).all() and mask[:, :, :latent_h].eq(1).any()
+    assert torch.equal(mask[0], mask[1])
+    assert torch.equal(uncond[:, :latent_h], cond[:, :latent_h])  # the same masked person
+    assert uncond[:, latent_h:].eq(0).all() and cond[:, latent_h:].ne(0).any()
+
+
 def test_repaint_keeps_the_person_outside_the_mask(tiny_pipeline, images) -> None:
     person, cloth, mask = images
     # A person and mask already at the working size, so "outside" is easy to index.
