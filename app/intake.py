@@ -39,6 +39,7 @@ ACCEPTED_FORMATS = "JPEG, PNG, WebP or HEIC/HEIF"
 # Text fields are short numbers and words; the caps bound what a malformed client can make us hold.
 MAX_TEXT_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 16
+MAX_PART_HEADER_BYTES = 16 * 1024  # Content-Disposition with a long filename is well under 1 KiB
 # ISO-BMFF brands of HEIC/HEIF stills (the "ftyp" box at offset 4); AVIF is not decoded here.
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 # EXIF orientations 5..8 rotate by 90 degrees: the stored image is the transposed working shape.
@@ -71,6 +72,7 @@ class _FormCollector:
         self.finished = False
         self._header_field = b""
         self._header_value = b""
+        self._header_bytes = 0
         self._headers: dict[bytes, bytes] = {}
         self._name = ""
         self._buffer = bytearray()
@@ -92,13 +94,23 @@ class _FormCollector:
         if self.parts > MAX_PARTS:
             raise InvalidFieldError(f"too many form parts (more than {MAX_PARTS})")
         self._headers = {}
+        self._header_bytes = 0
         self._buffer = bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_field += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_value += data[start:end]
+
+    def _count_header_bytes(self, count: int) -> None:
+        self._header_bytes += count
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise InvalidFieldError(
+                f"a form part's headers are longer than {MAX_PART_HEADER_BYTES // 1024} KiB"
+            )
 
     def on_header_end(self) -> None:
         self._headers[self._header_field.lower()] = self._header_value
@@ -154,18 +166,21 @@ async def receive_upload(request: Request, *, max_file_bytes: int) -> ReceivedFo
             "send multipart/form-data with the files person_image and cloth_image "
             f"(got Content-Type {request.headers.get('content-type')!r})"
         )
-    # Reject an announced oversize body before reading a byte of it.
+    # The whole body's cap: every file at its cap plus the text parts. An announced oversize body
+    # is refused before a byte of it is read; a chunked one (no Content-Length) when it gets there,
+    # so bytes outside the parts (an endless epilogue after the closing boundary) are bounded too.
     body_cap = len(FILE_FIELDS) * max_file_bytes + MAX_PARTS * MAX_TEXT_FIELD_BYTES
     declared_length = request.headers.get("content-length", "")
     if declared_length.isdigit() and int(declared_length) > body_cap:
-        raise PayloadTooLargeError(
-            f"the request body ({int(declared_length) / 1024 / 1024:.1f} MB) is larger than the "
-            f"upload cap of {max_file_bytes / 1024 / 1024:g} MB per file"
-        )
+        raise _body_too_large(f"{int(declared_length) / 1024 / 1024:.1f} MB", max_file_bytes)
     collector = _FormCollector(max_file_bytes)
     parser = MultipartParser(boundary, collector.callbacks())
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_cap:
+                raise _body_too_large(f"over {body_cap / 1024 / 1024:.1f} MB", max_file_bytes)
             parser.write(chunk)
     except ClientDisconnect as exc:
         raise ClientDisconnectedError("the client disconnected during the upload") from exc
@@ -180,6 +195,13 @@ async def receive_upload(request: Request, *, max_file_bytes: int) -> ReceivedFo
             f"{', '.join(missing)}: required (a {ACCEPTED_FORMATS} file in a multipart form part)"
         )
     return collector.form
+
+
+def _body_too_large(size: str, max_file_bytes: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the request body ({size}) is larger than the upload cap of "
+        f"{max_file_bytes / 1024 / 1024:g} MB per file"
+    )
 
 
 def sniff_format(data: bytes) -> str | None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
 import struct
 import zlib
+from collections.abc import Iterable
 
 import pillow_heif
 import pytest
+from http_helpers import multipart, try_on_parts
 from PIL import Image
+from starlette.requests import Request
 
-from app.errors import PayloadTooLargeError, UnsupportedImageError
-from app.intake import Upload, decode_image, sniff_format
+from app.errors import InvalidFieldError, PayloadTooLargeError, UnsupportedImageError
+from app.intake import Upload, decode_image, receive_upload, sniff_format
 
 SIZE = (96, 128)
 MAX_PIXELS = 40_000_000
@@ -181,3 +186,36 @@ def test_reduced_scale_accounts_for_exif_rotation() -> None:
     data = encode(photo((1600, 1200)), "JPEG", exif=exif.tobytes())
     image = decode_image(Upload("person_image", data), size=(300, 400), max_pixels=MAX_PIXELS)
     assert image.size == (300, 400)  # displayed portrait; 1/4 scale of the stored landscape
+
+
+def streamed_request(chunks: Iterable[bytes], content_type: str) -> Request:
+    """A request whose body arrives chunk by chunk with no Content-Length (chunked encoding)."""
+    pending = iter(chunks)
+
+    async def receive() -> dict:
+        chunk = next(pending, None)
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    headers = [(b"content-type", content_type.encode())]
+    return Request({"type": "http", "method": "POST", "headers": headers}, receive)
+
+
+def receive(chunks: Iterable[bytes], content_type: str) -> object:
+    request = streamed_request(chunks, content_type)
+    return asyncio.run(receive_upload(request, max_file_bytes=1024 * 1024))
+
+
+def test_a_chunked_body_is_capped_also_outside_the_parts() -> None:
+    """Bytes after the closing boundary are discarded by the parser: the body cap still counts."""
+    body, content_type = multipart(try_on_parts())
+    epilogue = itertools.repeat(b"x" * 65536, 200)  # 12.5 MiB, over the 4 MiB body cap
+    with pytest.raises(PayloadTooLargeError, match="larger than the upload cap of 1 MB"):
+        receive(itertools.chain([body], epilogue), content_type)
+
+
+def test_a_huge_part_header_is_refused() -> None:
+    """Our own cap, or python-multipart's in versions that have one (4 KiB a header line)."""
+    body, content_type = multipart([("person_image", b"x", "a" * 1024 * 1024 + ".jpg", None)])
+    chunks = [body[start : start + 65536] for start in range(0, len(body), 65536)]
+    with pytest.raises(InvalidFieldError, match="header"):
+        receive(chunks, content_type)
