@@ -6,7 +6,8 @@ surgery (``catvton.attention``), loads the try-on weights strictly and moves it 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -93,9 +94,14 @@ def load_pipeline(
     # 2. Read every file: UNet, try-on attention weights, VAE, scheduler config (DDIM reads the
     #    base repo's PNDM config fields).
     unet = _load_unet(resolved, dtype)
-    attention_state = _read_safetensors(resolved.attention_file)
-    vae = AutoencoderKL.from_pretrained(resolved.vae_dir, torch_dtype=dtype, use_safetensors=True)
-    scheduler = DDIMScheduler.from_pretrained(resolved.scheduler_dir)
+    with _reading(resolved.attention_file):
+        attention_state = load_file(str(resolved.attention_file))
+    with _reading(resolved.vae_dir):
+        vae = AutoencoderKL.from_pretrained(
+            resolved.vae_dir, torch_dtype=dtype, use_safetensors=True
+        )
+    with _reading(resolved.scheduler_dir):
+        scheduler = DDIMScheduler.from_pretrained(resolved.scheduler_dir)
 
     # 3. Attention surgery, device placement, pipeline.
     return assemble_pipeline(
@@ -162,12 +168,13 @@ def assemble_pipeline(
 
 def _load_unet(resolved: ResolvedWeights, dtype: torch.dtype) -> UNet2DConditionModel:
     name = resolved.unet_weights.name
-    unet = UNet2DConditionModel.from_pretrained(
-        resolved.unet_dir,
-        torch_dtype=dtype,
-        variant="fp16" if ".fp16." in name else None,
-        use_safetensors=name.endswith(".safetensors"),
-    )
+    with _reading(resolved.unet_dir):
+        unet = UNet2DConditionModel.from_pretrained(
+            resolved.unet_dir,
+            torch_dtype=dtype,
+            variant="fp16" if ".fp16." in name else None,
+            use_safetensors=name.endswith(".safetensors"),
+        )
     if unet.config.in_channels != INPAINTING_IN_CHANNELS:
         raise CheckpointMismatchError(
             resolved.unet_dir,
@@ -179,9 +186,11 @@ def _load_unet(resolved: ResolvedWeights, dtype: torch.dtype) -> UNet2DCondition
     return unet
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a corrupt one is a CheckpointMismatchError naming the file."""
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file that cannot be read or does not fit (corrupt, truncated, not JSON, wrong shapes) is a
+    CheckpointMismatchError naming ``path``; the reader's own message names the exact file."""
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as error:
+        yield
+    except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointMismatchError(path, mismatched=[f"unreadable file: {error}"]) from error

@@ -90,6 +90,23 @@ def test_corrupt_attention_file_is_refused_by_name(weights_copy: Path) -> None:
         load_pipeline(WeightSources(weights_dir=weights_copy).resolve(), device="cpu")
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "stable-diffusion-inpainting/unet/diffusion_pytorch_model.safetensors",
+        "stable-diffusion-inpainting/unet/config.json",
+        "sd-vae-ft-mse/diffusion_pytorch_model.safetensors",
+        "stable-diffusion-inpainting/scheduler/scheduler_config.json",
+    ],
+)
+def test_truncated_component_file_is_a_library_error_naming_it(weights_copy: Path, name) -> None:
+    """Not diffusers' OSError: the CLI prints one line and the service reports it as expected."""
+    path = weights_copy / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointMismatchError, match=path.name.replace(".", r"\.")):
+        load_pipeline(WeightSources(weights_dir=weights_copy).resolve(), device="cpu")
+
+
 def test_attention_file_of_another_unet_is_refused(weights_copy: Path) -> None:
     """A checkpoint made for a wider UNet: every mis-shaped key is reported."""
     path = weights_copy / "CatVTON/mix-48k-1024/attention/model.safetensors"
