@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 from pydantic import ValidationError
-from pydantic_settings import CliApp
+from pydantic_settings import CliApp, SettingsError
 
 from app.errors import describe_validation_errors
 from app.main import create_app
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:  # a bad flag or CATVTON_* value: one line each, no traceback
         raise SystemExit(f"python -m app: {describe_validation_errors(exc.errors())}") from None
+    except SettingsError as exc:  # a CATVTON_* value pydantic-settings could not even parse
+        raise SystemExit(f"python -m app: {exc}") from None
     configure_logging(settings.log_level)
     if settings.demo:
         logger.warning("=" * 72)

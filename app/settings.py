@@ -6,11 +6,12 @@ there is one list of options, one set of defaults and one place that validates t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MEBIBYTE = 1024 * 1024
 
@@ -61,7 +62,9 @@ class Settings(BaseSettings):
     max_image_megapixels: float = Field(
         40.0, gt=0, description="pixel cap per image, checked before decoding (decompression bombs)"
     )
-    cors_origins: list[str] = Field(["*"], description="origins allowed by CORS (web clients)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        ["*"], description="origins allowed by CORS (web clients): comma-separated or a JSON list"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     demo: bool = Field(
         False,
@@ -71,6 +74,16 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "catvton" / "demo-weights",
         description="where --demo writes its tiny weights",
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def split_origins(cls, value: Any) -> Any:
+        """`CATVTON_CORS_ORIGINS=https://a.example,https://b.example`, or a JSON list."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     @property
     def working_size(self) -> tuple[int, int] | None:

@@ -44,3 +44,20 @@ def test_every_option_is_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_values_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):
         Settings(**bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "origins"),
+    [
+        ("https://app.example", ["https://app.example"]),
+        ("https://a.example, https://b.example", ["https://a.example", "https://b.example"]),
+        ('["https://a.example"]', ["https://a.example"]),
+    ],
+    ids=["one", "comma-separated", "json"],
+)
+def test_cors_origins_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, origins: list[str]
+) -> None:
+    """A plain origin in CATVTON_CORS_ORIGINS used to stop the server with a traceback."""
+    monkeypatch.setenv("CATVTON_CORS_ORIGINS", value)
+    assert Settings().cors_origins == origins
