@@ -24,9 +24,10 @@ class WeightsNotFoundError(CatVTONError, FileNotFoundError):
 
 
 class CheckpointMismatchError(CatVTONError, ValueError):
-    """A checkpoint does not match the network it is loaded into.
+    """A checkpoint does not match the network it is loaded into, or cannot be read at all.
 
     Raised instead of loading non-strictly, which silently leaves random weights in place.
+    ``unreadable`` is the reader's reason for a corrupt, truncated or malformed file.
     """
 
     def __init__(
@@ -36,11 +37,16 @@ class CheckpointMismatchError(CatVTONError, ValueError):
         missing: Sequence[str] = (),
         unexpected: Sequence[str] = (),
         mismatched: Sequence[str] = (),
+        unreadable: str | None = None,
     ) -> None:
         self.source = str(source)
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)
+        self.unreadable = unreadable
+        if unreadable is not None:
+            super().__init__(f"checkpoint {self.source} cannot be read: {unreadable}")
+            return
         parts = []
         for label, keys in (
             ("missing keys", self.missing),

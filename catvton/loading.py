@@ -193,4 +193,4 @@ def _reading(path: Path) -> Iterator[None]:
     try:
         yield
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointMismatchError(path, mismatched=[f"unreadable file: {error}"]) from error
+        raise CheckpointMismatchError(path, unreadable=str(error)) from error
