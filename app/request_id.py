@@ -60,6 +60,10 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # ServerErrorMiddleware, outside this one, sends the 500: log what the client gets.
+            status = status or 500
+            raise
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             method, path = scope["method"], scope["path"]

@@ -7,6 +7,7 @@ out-of-memory error is injected once through the same seam.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -181,9 +182,10 @@ def test_a_request_that_waits_past_the_timeout_gets_503(tiny_weights: Path) -> N
 
 
 def test_a_job_that_raises_stop_iteration_gets_500_and_the_worker_serves_on(
-    queue_server: tuple[str, InferenceWorker],
+    queue_server: tuple[str, InferenceWorker], caplog: pytest.LogCaptureFixture
 ) -> None:
     """An asyncio future refuses StopIteration: unwrapped, the request would hang for good."""
+    caplog.set_level(logging.INFO, logger="app.access")
     base_url, worker = queue_server
     assert worker.models is not None
     unet = worker.models.pipeline.unet
@@ -196,5 +198,7 @@ def test_a_job_that_raises_stop_iteration_gets_500_and_the_worker_serves_on(
     response = post_try_on(base_url, try_on_parts(**FAST), timeout=30)
     body = assert_envelope(response, 500, "internal_error", "Internal server error")
     assert "StopIteration" not in body["message"]  # details go to the log only
+    access = [record.getMessage() for record in caplog.records if record.name == "app.access"]
+    assert any(line.startswith("POST /api/try-on -> 500") for line in access), access
     assert post_try_on(base_url, try_on_parts(**FAST)).status_code == 200
     assert health(base_url)["status"] == "ok"
