@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download, list_repo_files
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
 
 from catvton.errors import InvalidInputError, WeightsNotFoundError
 from catvton.masking import MASKER_FILES
@@ -134,7 +140,7 @@ class WeightSources:
                 fix=f"Copy {folder}'s files there, or run "
                 f"{DOWNLOAD_COMMAND} and point at DIR/{folder}.",
             )
-        if isinstance(given, Path) or str(given).count("/") != 1:
+        if isinstance(given, Path) or not _is_repo_id(str(given)):
             raise WeightsNotFoundError(
                 given, fix=f"Give a folder that exists or a hub id like {default_repo!r}."
             )
@@ -179,6 +185,15 @@ class _Component:
             except WeightsNotFoundError as error:
                 errors.append(error)
         raise errors[0]
+
+
+def _is_repo_id(text: str) -> bool:
+    """``owner/name`` as the hub spells it; ``./weights`` (a folder that is not there) is not."""
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return text.count("/") == 1
 
 
 def _repo_root(path: Path, name: str) -> Path:

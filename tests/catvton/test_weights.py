@@ -134,6 +134,13 @@ def test_missing_component_folder_is_named(tiny_weights: Path, tmp_path: Path) -
         WeightSources(weights_dir=tiny_weights, vae=tmp_path / "no-such-folder").resolve()
 
 
+@pytest.mark.parametrize("given", ["./no-such-folder", "owner/name with spaces"])
+def test_missing_folder_that_is_no_hub_id_is_named(tiny_weights: Path, given: str) -> None:
+    """A string that is neither a folder nor a valid hub id: our error, not the hub's ValueError."""
+    with pytest.raises(WeightsNotFoundError, match="Give a folder that exists"):
+        WeightSources(weights_dir=tiny_weights, base_model=given).resolve()
+
+
 @pytest.fixture
 def offline_empty_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
