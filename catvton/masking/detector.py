@@ -155,11 +155,14 @@ def _roi_align(
 
 
 def _resize_for_detector(image: Image.Image) -> Image.Image:
-    """CatVTON's cap at 1024 px on the longer side (the reference's `resize=1024`)."""
+    """CatVTON's cap at 1024 px on the longer side (the reference's `resize=1024`).
+
+    The shorter side keeps at least 1 px, so a very thin strip still reaches the detector.
+    """
     if max(image.size) <= MAX_INPUT_SIDE:
         return image
     scale = MAX_INPUT_SIDE / max(image.size)
-    size = (round(image.width * scale), round(image.height * scale))
+    size = (max(round(image.width * scale), 1), max(round(image.height * scale), 1))
     return image.resize(size, Image.Resampling.BILINEAR)
 
 

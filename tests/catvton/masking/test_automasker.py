@@ -103,6 +103,14 @@ def test_large_and_odd_sized_inputs_come_back_at_their_own_size(tiny_masker: Aut
     assert result.densepose.shape == result.atr.shape == result.lip.shape == (1100, 411)
 
 
+@pytest.mark.parametrize("size", [(1, 3000), (3000, 1)])
+def test_thin_strips_over_1024_px_are_masked(tiny_masker: AutoMasker, size: tuple[int, int]):
+    """Capping 3000 px at 1024 would round a 1 px side to 0; it stays 1 px."""
+    result = tiny_masker(Image.new("RGB", size, (120, 90, 60)), "upper")
+    assert result.mask.size == size
+    assert result.densepose.shape == (size[1], size[0])
+
+
 def test_bad_arguments_are_named(tiny_masker: AutoMasker, person_image: Image.Image) -> None:
     with pytest.raises(InvalidInputError, match="cloth_type"):
         tiny_masker(person_image, "socks")
