@@ -237,7 +237,7 @@ def _unet_weights_in(repo_id: str) -> str:
     """The preferred UNet weights file among those the hub repo ships."""
     try:
         available = set(list_repo_files(repo_id))
-    except (HfHubHTTPError, OSError) as error:
+    except (HfHubHTTPError, HFValidationError, OSError) as error:
         raise WeightsNotFoundError(
             f"{repo_id}/{UNET_WEIGHTS[0]}", fix=f"Listing the repo's files failed: {error}"
         ) from error
@@ -253,7 +253,12 @@ def _unet_weights_in(repo_id: str) -> str:
 def _fetch(repo_id: str, name: str, local_dir: Path) -> None:
     try:
         hf_hub_download(repo_id, name, local_dir=local_dir)
-    except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError) as error:
+    except (
+        LocalEntryNotFoundError,
+        EntryNotFoundError,
+        HfHubHTTPError,
+        HFValidationError,
+    ) as error:
         raise WeightsNotFoundError(
             f"{repo_id}/{name}", fix=f"Downloading it failed: {error}"
         ) from error

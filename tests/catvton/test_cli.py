@@ -141,6 +141,11 @@ def test_download_offline_names_what_it_could_not_fetch(tmp_path, monkeypatch, c
     assert "booksforcharlie/stable-diffusion-inpainting/unet/config.json" in capsys.readouterr().err
 
 
+def test_download_of_a_malformed_repo_id_exits_1_naming_it(tmp_path, capsys) -> None:
+    assert main(["download", str(tmp_path / "w"), "--no-masker", "--base-model", "bad id"]) == 1
+    assert "bad id/unet/config.json" in capsys.readouterr().err
+
+
 def test_bad_size_is_an_argument_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["mask", "--person", "p.jpg", "--cloth-type", "upper", "--size", "big", "--out", "m"])
