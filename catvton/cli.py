@@ -112,11 +112,14 @@ def add_weight_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"768x1024"`` -> ``(768, 1024)``."""
+    """``"768x1024"`` -> ``(768, 1024)``; refused before any weights are loaded unless both are
+    positive multiples of 8 (the VAE's down-sampling)."""
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"size must look like 768x1024; got {text!r}") from error
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise argparse.ArgumentTypeError(f"size must be positive multiples of 8; got {text!r}")
     return width, height
 
 

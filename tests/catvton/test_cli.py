@@ -151,3 +151,11 @@ def test_bad_size_is_an_argument_error(capsys) -> None:
         main(["mask", "--person", "p.jpg", "--cloth-type", "upper", "--size", "big", "--out", "m"])
     assert exit_info.value.code == 2
     assert "768x1024" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["100x128", "0x128", "-96x128"])
+def test_size_not_a_positive_multiple_of_8_is_refused_before_loading(size, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mask", "--person", "p.jpg", "--cloth-type", "upper", f"--size={size}", "--out", "m"])
+    assert exit_info.value.code == 2
+    assert "multiples of 8" in capsys.readouterr().err
