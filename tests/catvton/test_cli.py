@@ -82,7 +82,8 @@ def test_python_m_catvton_tryon_with_a_cloth_type(tiny_weights, image_files, tmp
     completed = run_cli(*args, "--seed", "-1", "--repaint")
     assert completed.returncode == 0, completed.stderr
     assert "mask " in completed.stdout
-    assert Image.open(out).size == (96, 128)
+    with Image.open(out) as image:
+        assert image.size == (96, 128)
 
 
 def test_mask_command_writes_a_binary_mask(tiny_weights, image_files, tmp_path) -> None:
