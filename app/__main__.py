@@ -16,6 +16,11 @@ from app.settings import Settings
 
 logger = logging.getLogger("app")
 
+# h11 rather than httptools: httptools accepts request headers of any size (a 2 MB header was
+# read whole); h11 answers 400 once an unfinished request head passes 16 KiB (so at most one socket
+# read, 256 KiB, gets through). Uploads stream as fast either way (~15 ms for 9 MB on localhost).
+SERVER_OPTIONS = {"http": "h11", "h11_max_incomplete_event_size": 16 * 1024}
+
 
 def main(argv: list[str] | None = None) -> None:
     try:
@@ -38,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,  # keep configure_logging's handler: request ids on uvicorn's lines too
         log_level=settings.log_level,
         access_log=False,  # RequestIdMiddleware logs one line per request, with its id
+        **SERVER_OPTIONS,
     )
 
 

@@ -14,6 +14,7 @@ import httpx
 import uvicorn
 from PIL import Image
 
+from app.__main__ import SERVER_OPTIONS
 from app.main import create_app
 from app.settings import Settings
 from app.worker import InferenceWorker
@@ -30,7 +31,11 @@ def serve(settings: Settings, worker: InferenceWorker | None = None) -> Iterator
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(settings, worker), log_config=None, access_log=False, lifespan="on"
+        create_app(settings, worker),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        **SERVER_OPTIONS,  # as `python -m app` serves
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -221,3 +221,13 @@ def test_an_announced_oversize_body_gets_413_before_it_is_sent(tiny_server: str)
             reply += chunk
     assert reply.startswith("HTTP/1.1 413")
     assert '"error":"payload_too_large"' in reply
+
+
+def test_huge_request_headers_get_400_and_the_server_stays_up(tiny_server: str) -> None:
+    url = urlsplit(tiny_server)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as connection:
+        # 20 KB of a header that never ends: all of it is read before the server answers and closes.
+        connection.sendall(f"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 20_000}".encode())
+        reply = connection.recv(65536).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 400"), reply[:100]
+    assert httpx.get(f"{tiny_server}/health").status_code == 200
