@@ -100,7 +100,13 @@ class CatVTONPipeline:
         images on the same device and dtype. Raises InvalidInputError naming the bad argument.
         """
         _check_arguments(
-            person_image, cloth_image, mask_image, num_inference_steps, guidance_scale, seed
+            person_image,
+            cloth_image,
+            mask_image,
+            num_inference_steps,
+            guidance_scale,
+            seed,
+            self.size,
         )
         seed = secrets.randbelow(MAX_SEED + 1) if seed == RANDOM_SEED else seed
         use_guidance = guidance_scale > 1.0
@@ -221,6 +227,7 @@ def _check_arguments(
     num_inference_steps: object,
     guidance_scale: object,
     seed: object,
+    size: tuple[int, int],
 ) -> None:
     """Refuse bad arguments before any work, naming the argument and what is allowed."""
     for name, value in (
@@ -232,7 +239,7 @@ def _check_arguments(
             raise InvalidInputError(f"{name} must be a PIL image; got {type(value).__name__}")
         if value.width < 1 or value.height < 1:
             raise InvalidInputError(f"{name} is empty ({value.width}x{value.height})")
-    check_mask_shape(person_image, mask_image)
+    check_mask_shape(person_image, mask_image, size)
     if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
         raise InvalidInputError(
             f"num_inference_steps must be an integer from 1 to {MAX_INFERENCE_STEPS}; "

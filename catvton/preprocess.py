@@ -87,18 +87,30 @@ def fit_cloth(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return ImageOps.pad(image, size, method=Image.Resampling.LANCZOS, color=WHITE)
 
 
-def check_mask_shape(person_image: Image.Image, mask_image: Image.Image) -> None:
-    """Refuse a user mask whose (upright) aspect ratio is not the person's: InvalidInputError.
+def check_mask_shape(
+    person_image: Image.Image, mask_image: Image.Image, size: tuple[int, int]
+) -> None:
+    """Refuse a user mask that cannot be placed on the person: InvalidInputError.
 
-    ``fit_mask`` crops the mask with the person's rule, which only lands on the same region of the
-    photo when both have one shape. Call it on the images as received, before fitting.
+    ``fit_mask`` crops a mask with the person's rule, which lands on the same region of the photo
+    when the mask has the photo's (upright) aspect ratio; a mask with the working size's aspect
+    ratio is taken as drawn on the already cropped person (what ``python -m catvton mask``
+    writes). Any other shape is refused. Call it on the images as received, before fitting.
     """
     (person_w, person_h), (mask_w, mask_h) = upright_size(person_image), upright_size(mask_image)
-    if abs(mask_w * person_h - person_w * mask_h) > MASK_ASPECT_TOLERANCE * person_w * mask_h:
+    if not (
+        _same_aspect((mask_w, mask_h), (person_w, person_h)) or _same_aspect((mask_w, mask_h), size)
+    ):
+        width, height = size
         raise InvalidInputError(
             f"mask_image ({mask_w}x{mask_h}) must have the aspect ratio of person_image "
-            f"({person_w}x{person_h}): draw the mask on the person photo itself"
+            f"({person_w}x{person_h}) or of the working size ({width}x{height}, a mask of the "
+            "cropped person): draw the mask on the person photo itself"
         )
+
+
+def _same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return abs(a[0] * b[1] - b[0] * a[1]) <= MASK_ASPECT_TOLERANCE * b[0] * a[1]
 
 
 def fit_mask(image: Image.Image, size: tuple[int, int]) -> Image.Image:

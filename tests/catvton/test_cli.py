@@ -64,6 +64,22 @@ def test_tryon_with_a_mask_writes_the_image_and_timings(
         assert image.size == (96, 128) and image.mode == "RGB"
 
 
+def test_mask_command_output_feeds_tryon_for_a_landscape_photo(
+    tiny_weights, image_files, tmp_path
+) -> None:
+    """The mask command writes the cropped frame (3:4); tryon places it on a 4:3 photo."""
+    landscape = tmp_path / "landscape.jpg"
+    with Image.open(image_files["person"]) as person:
+        person.transpose(Image.Transpose.ROTATE_90).save(landscape)  # 400 x 300
+    mask, out = tmp_path / "mask.png", tmp_path / "out.png"
+    args = ["mask", "--weights", tiny_weights, "--person", landscape, "--cloth-type", "upper"]
+    assert main(list(map(str, [*args, "--size", "96x128", "--out", mask]))) == 0
+    tryon = tryon_args(tiny_weights, {**image_files, "person": landscape}, out)
+    assert main(list(map(str, [*tryon, "--mask", mask]))) == 0
+    with Image.open(out) as image:
+        assert image.size == (96, 128)
+
+
 def test_tryon_with_a_mask_of_another_shape_exits_1(
     tiny_weights, image_files, tmp_path, capsys
 ) -> None:

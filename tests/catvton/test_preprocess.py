@@ -104,20 +104,28 @@ def exif_rotated_jpeg() -> Image.Image:
 
 def test_mask_must_have_the_person_shape() -> None:
     person = Image.new("RGB", (300, 400))
-    check_mask_shape(person, Image.new("L", (300, 400)))
-    check_mask_shape(person, Image.new("L", (151, 201)))  # another resolution, same shape
+    check_mask_shape(person, Image.new("L", (300, 400)), (96, 128))
+    check_mask_shape(person, Image.new("L", (151, 201)), (96, 128))  # same shape, other size
     with pytest.raises(
         InvalidInputError, match=r"mask_image \(400x300\).*person_image \(300x400\)"
     ):
-        check_mask_shape(person, Image.new("L", (400, 300)))
+        check_mask_shape(person, Image.new("L", (400, 300)), (96, 128))
+
+
+def test_mask_of_the_cropped_person_is_accepted() -> None:
+    """`python -m catvton mask` writes the mask at the working size, in the cropped frame."""
+    landscape_person = Image.new("RGB", (400, 300))
+    check_mask_shape(landscape_person, Image.new("L", (96, 128)), (96, 128))
+    with pytest.raises(InvalidInputError, match=r"working size \(96x128"):
+        check_mask_shape(landscape_person, Image.new("L", (128, 128)), (96, 128))
 
 
 def test_mask_shape_is_compared_upright() -> None:
     sideways = exif_rotated_jpeg()  # stored 40 x 20, upright 20 x 40
     assert upright_size(sideways) == (20, 40)
-    check_mask_shape(sideways, Image.new("L", (20, 40)))
+    check_mask_shape(sideways, Image.new("L", (20, 40)), (96, 128))
     with pytest.raises(InvalidInputError, match="mask_image"):
-        check_mask_shape(sideways, Image.new("L", (40, 20)))
+        check_mask_shape(sideways, Image.new("L", (40, 20)), (96, 128))
 
 
 def test_fit_mask_applies_exif_orientation_even_at_the_working_size() -> None:
