@@ -116,6 +116,9 @@ class HealthResponse(BaseModel):
     dtype: str | None
     size: tuple[int, int] | None = Field(description="working size (width, height)")
     queue_depth: int = Field(description="requests waiting, not counting the one running")
+    receiving: int = Field(
+        description="requests still uploading or decoding; they count toward queue_capacity"
+    )
     queue_capacity: int
     busy: bool = Field(description="an inference is running")
     inferences_served: int

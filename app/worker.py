@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,7 @@ class InferenceWorker:
         self._load = load
         self._waiting: deque[_Ticket] = deque()
         self._running: _Ticket | None = None
+        self._receiving = 0  # admitted requests still reading or decoding their uploads
         self._stopping = False
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._own_device, name="device-worker", daemon=True)
@@ -183,6 +185,10 @@ class InferenceWorker:
         return len(self._waiting)
 
     @property
+    def receiving(self) -> int:
+        return self._receiving
+
+    @property
     def busy(self) -> bool:
         return self._running is not None
 
@@ -206,8 +212,27 @@ class InferenceWorker:
             if self.models is not None:
                 raise WorkerStoppedError(self.error or "unknown error")
             raise ModelLoadFailedError(self.error or "unknown error")
-        if len(self._waiting) + (self._running is not None) > self.queue_size:
-            raise GPUBusyError(f"{len(self._waiting)} requests are already waiting")
+        ahead = self._receiving + len(self._waiting)
+        if ahead + (self._running is not None) > self.queue_size:
+            raise GPUBusyError(f"{ahead} requests are already waiting")
+
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """Hold a place in the queue while a request reads and decodes its uploads.
+
+        Raises the 503s of `check_accepting` before a byte is read. Requests still receiving count
+        toward `queue_size`, so a burst cannot decode dozens of photos at once only to be refused
+        at the queue; leaving the block and calling `run` happen in one event-loop step, so the
+        place passes to the queued job without a gap.
+        """
+        with self._condition:
+            self.check_accepting()
+            self._receiving += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._receiving -= 1
 
     async def run(
         self, job: TryOnJob, *, disconnected: Callable[[], Awaitable[Any]]

@@ -54,6 +54,7 @@ async def health(worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
         dtype=str(pipeline.dtype).removeprefix("torch.") if pipeline else settings.dtype,
         size=tuple(pipeline.size) if pipeline else settings.working_size,
         queue_depth=worker.queue_depth,
+        receiving=worker.receiving,
         queue_capacity=worker.queue_size,
         busy=worker.busy,
         inferences_served=worker.inferences_served,

@@ -106,20 +106,20 @@ def parse_options(fields: dict[str, str]) -> TryOnOptions:
 )
 async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> Response:
     """Multipart in (person_image, cloth_image, optional mask_image and options), JSON out."""
-    worker.check_accepting()  # loading, failed or full: say so before reading megabytes
     timer = StageTimer()
-    with timer("upload"):
-        form = await receive_upload(request, max_file_bytes=settings.max_upload_bytes)
-    options = parse_options(form.fields)  # before any decoding: bad options cost nothing
-    size = worker.size
+    with worker.admission():  # loading, failed or full: 503 before reading megabytes
+        with timer("upload"):
+            form = await receive_upload(request, max_file_bytes=settings.max_upload_bytes)
+        options = parse_options(form.fields)  # before any decoding: bad options cost nothing
+        size = worker.size
 
-    # 1. Decode the uploads (thread pool): bytes -> RGB images, or 413/415 naming the field
-    with timer("decode"):
-        images = await decode_uploads(form, size=size, max_pixels=settings.max_image_pixels)
+        # 1. Decode the uploads (thread pool): bytes -> RGB images, or 413/415 naming the field
+        with timer("decode"):
+            images = await decode_uploads(form, size=size, max_pixels=settings.max_image_pixels)
 
-    # 2. Preprocess (thread pool): fit to the working size
-    with timer("preprocess"):
-        images = await fit_to_size(images, size)
+        # 2. Preprocess (thread pool): fit to the working size
+        with timer("preprocess"):
+            images = await fit_to_size(images, size)
 
     # 3. Infer (the single device worker): mask unless given -> pipeline -> image
     with timer("infer"):

@@ -202,3 +202,34 @@ def test_a_job_that_raises_stop_iteration_gets_500_and_the_worker_serves_on(
     assert any(line.startswith("POST /api/try-on -> 500") for line in access), access
     assert post_try_on(base_url, try_on_parts(**FAST)).status_code == 200
     assert health(base_url)["status"] == "ok"
+
+
+def start_upload_and_stall(base_url: str) -> socket.socket:
+    """Send the head and half the body of a valid request, then stall (a slow phone upload)."""
+    body, content_type = multipart(try_on_parts(**FAST))
+    url = urlsplit(base_url)
+    connection = socket.create_connection((url.hostname, url.port))
+    head = (
+        f"POST /api/try-on HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    connection.sendall(head.encode() + body[: len(body) // 2])
+    return connection
+
+
+def test_requests_still_uploading_count_toward_the_queue_bound(
+    queue_server: tuple[str, InferenceWorker],
+) -> None:
+    """Bound 2 plus the one running: a fourth request is refused before it is read or decoded."""
+    base_url, _ = queue_server
+    uploads = [start_upload_and_stall(base_url) for _ in range(3)]
+    try:
+        wait_for(base_url, lambda body: body["receiving"] == 3)
+        refused = post_try_on(base_url, try_on_parts(**FAST), timeout=10)
+        assert_envelope(refused, 503, "gpu_busy", "3 requests are already waiting")
+        assert int(refused.headers["Retry-After"]) > 0
+    finally:
+        for upload in uploads:
+            upload.close()
+    wait_for(base_url, lambda body: body["receiving"] == 0)
+    assert post_try_on(base_url, try_on_parts(**FAST)).status_code == 200
