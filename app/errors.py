@@ -156,7 +156,9 @@ async def handle_invalid_input(request: Request, exc: Exception) -> JSONResponse
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
-    return error_response(request, exc.status_code, code, str(exc.detail))
+    response = error_response(request, exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+    return response
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -87,3 +87,6 @@ def configure_logging(level: str) -> None:
         logging.Formatter("%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s")
     )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # Library warnings (Pillow's "Corrupt EXIF data", ...) go through the same handler, so they
+    # carry the request id instead of reaching stderr bare.
+    logging.captureWarnings(True)

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     demo: bool = Field(
         False,
-        description="serve tiny random weights (made on first start): to integrate, not to look at",
+        description="serve tiny random weights, written at each start: to integrate, not to judge",
     )
     demo_dir: Path = Field(
         Path.home() / ".cache" / "catvton" / "demo-weights",

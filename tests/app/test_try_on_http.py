@@ -231,3 +231,9 @@ def test_huge_request_headers_get_400_and_the_server_stays_up(tiny_server: str) 
         reply = connection.recv(65536).decode("latin-1")
     assert reply.startswith("HTTP/1.1 400"), reply[:100]
     assert httpx.get(f"{tiny_server}/health").status_code == 200
+
+
+def test_wrong_method_uses_the_envelope_and_keeps_allow(tiny_server: str) -> None:
+    response = httpx.get(f"{tiny_server}/api/try-on")
+    assert_envelope(response, 405, "http_405", "Method Not Allowed")
+    assert response.headers["Allow"] == "POST"
