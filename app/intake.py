@@ -75,6 +75,7 @@ class _FormCollector:
         self._header_bytes = 0
         self._headers: dict[bytes, bytes] = {}
         self._name = ""
+        self._filename: str | None = None
         self._buffer = bytearray()
 
     def callbacks(self) -> dict:
@@ -120,6 +121,8 @@ class _FormCollector:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        self._filename = filename.decode("utf-8", "replace") if filename is not None else None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._buffer += data[start:end]
@@ -136,13 +139,11 @@ class _FormCollector:
         # Classified by field name, not by the presence of a filename: `curl -F person_image=<x.jpg`
         # and some React Native versions send files without one.
         if self._name in FILE_FIELDS:
-            _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-            filename = options.get(b"filename")
             content_type = self._headers.get(b"content-type")
             self.form.files[self._name] = Upload(
                 field=self._name,
                 data=bytes(self._buffer),
-                filename=filename.decode("utf-8", "replace") if filename is not None else None,
+                filename=self._filename,
                 content_type=content_type.decode("latin-1") if content_type else None,
             )
         elif self._name:

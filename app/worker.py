@@ -203,7 +203,7 @@ class InferenceWorker:
         return self.models.pipeline.size
 
     def check_accepting(self) -> None:
-        """Raise the 503 a new request would get now; cheap, so a route calls it before reading."""
+        """Raise the 503 a new request would get now (loading, failed, stopping or full)."""
         if self._stopping:
             raise GPUBusyError("the server is shutting down")
         if self.state == "loading":
