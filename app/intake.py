@@ -29,7 +29,7 @@ from app.errors import (
     PayloadTooLargeError,
     UnsupportedImageError,
 )
-from catvton.preprocess import fit_cloth, fit_mask, fit_person, to_rgb
+from catvton.preprocess import check_mask_shape, fit_cloth, fit_mask, fit_person, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -338,6 +338,10 @@ async def fit_to_size(images: TryOnImages, size: tuple[int, int]) -> TryOnImages
     worker spends its time on the model; the pipeline's own fitting is then a no-op. The automatic
     mask is computed later, on the fitted person.
     """
+    if images.mask_image is not None:
+        # On the images as decoded, as the pipeline would (it sees them fitted): a mask of another
+        # shape would be cropped onto a different region of the photo. InvalidInputError: 422.
+        check_mask_shape(images.person_image, images.mask_image, size)
     fits = [
         run_in_threadpool(fit_person, images.person_image, size),
         run_in_threadpool(fit_cloth, images.cloth_image, size),

@@ -92,6 +92,14 @@ def test_user_mask_replaces_the_automatic_one_with_webp_output(tiny_server: str)
     assert (image.format, image.size, body["mimeType"]) == ("WEBP", TINY_SIZE, "image/webp")
 
 
+def test_a_mask_of_another_shape_than_the_person_gets_422(tiny_server: str) -> None:
+    """The person is 120x160: a square mask cannot be placed on it (the library's own rule)."""
+    buffer = io.BytesIO()
+    Image.new("L", (100, 100), 255).save(buffer, format="PNG")
+    parts = [*try_on_parts(**FAST), ("mask_image", buffer.getvalue(), "mask.png", "image/png")]
+    assert_envelope(post_try_on(tiny_server, parts), 422, "invalid_field", "mask_image (100x100)")
+
+
 def _valid_files() -> list:
     return try_on_parts()[:2]
 
