@@ -223,8 +223,9 @@ def decode_image(
 ) -> Image.Image:
     """Bytes -> upright image, decoded no larger than a working size of `size` (W, H) needs.
 
-    `rgb` converts to 8-bit RGB (transparency on white); a mask keeps its mode instead, so a
-    transparent background stays "keep" rather than turning white ("repaint").
+    `rgb` converts to 8-bit RGB (transparency on white); a mask (`rgb=False`) keeps its mode,
+    except that transparency goes on black: a transparent background means "keep", whatever colour
+    its invisible pixels hold (drawing apps often leave them white, which would mean "repaint").
 
     Raises UnsupportedImageError (empty, not an accepted format, truncated or corrupt) and
     PayloadTooLargeError (more pixels than `max_pixels`), both naming the field.
@@ -248,7 +249,7 @@ def decode_image(
                 _draft_for(image, size)
             image.load()
         # Inside the try: a corrupt EXIF block fails here, when the orientation is read.
-        return to_rgb(image) if rgb else ImageOps.exif_transpose(image)
+        return to_rgb(image) if rgb else _mask_on_black(ImageOps.exif_transpose(image))
     except PayloadTooLargeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -265,6 +266,15 @@ def decode_image(
             f"{name} could not be decoded as {image_format}: "
             f"the file is truncated or corrupt ({exc})"
         ) from exc
+
+
+def _mask_on_black(image: Image.Image) -> Image.Image:
+    """A mask with transparency -> `L`, transparent pixels black ("keep"); others unchanged."""
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(black, rgba).convert("L")
 
 
 def _check_pixels(name: str, image_size: tuple[int, int], max_pixels: int) -> None:

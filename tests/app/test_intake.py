@@ -173,6 +173,14 @@ def test_mask_keeps_its_mode() -> None:
     assert decoded.mode == "L"
 
 
+def test_a_transparent_mask_background_means_keep_whatever_its_colour() -> None:
+    mask = Image.new("RGBA", (20, 20), (255, 255, 255, 0))  # invisible white: keep
+    mask.paste((255, 255, 255, 255), (5, 5, 15, 15))  # opaque white: repaint
+    decoded = decode(encode(mask, "PNG"), field="mask_image", rgb=False)
+    assert decoded.mode == "L"
+    assert (decoded.getpixel((0, 0)), decoded.getpixel((10, 10))) == (0, 255)
+
+
 def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
     data = encode(photo((1600, 1200)), "JPEG")
     image = decode_image(Upload("person_image", data), size=(192, 256), max_pixels=MAX_PIXELS)
