@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from catvton.pipeline import parse_size
+
 MEBIBYTE = 1024 * 1024
 
 
@@ -49,7 +51,6 @@ class Settings(BaseSettings):
     )
     size: str | None = Field(
         None,
-        pattern=r"^[1-9][0-9]*x[1-9][0-9]*$",
         description="working size WIDTHxHEIGHT, multiples of 8; "
         "unset: 768x1024 (384x512 for the *-16k-512 weights)",
     )
@@ -85,13 +86,18 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("size")
+    @classmethod
+    def check_size(cls, value: str | None) -> str | None:
+        """Refused at start-up, with the pipeline's own rule, rather than when the models load."""
+        if value is not None:
+            parse_size(value)
+        return value
+
     @property
     def working_size(self) -> tuple[int, int] | None:
         """`size` as (width, height), or None to let the pipeline pick its trained size."""
-        if self.size is None:
-            return None
-        width, height = self.size.split("x")
-        return int(width), int(height)
+        return None if self.size is None else parse_size(self.size)
 
     @property
     def max_upload_bytes(self) -> int:

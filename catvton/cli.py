@@ -17,6 +17,7 @@ from PIL import Image
 from catvton.errors import CatVTONError, InvalidInputError
 from catvton.loading import DTYPES, choose_device, default_size, load_pipeline
 from catvton.masking import CLOTH_TYPES, load_automasker, parse_cloth_type, save_debug_maps
+from catvton.pipeline import parse_size
 from catvton.preprocess import fit_person
 from catvton.tiny import write_tiny_weights
 from catvton.weights import (
@@ -106,21 +107,17 @@ def add_weight_arguments(parser: argparse.ArgumentParser) -> None:
         "--attention-version", choices=ATTENTION_VERSIONS, default=DEFAULT_ATTENTION_VERSION
     )
     parser.add_argument(
-        "--size", type=parse_size, help="working size WxH (default 768x1024; 384x512 for *-512)"
+        "--size", type=size_argument, help="working size WxH (default 768x1024; 384x512 for *-512)"
     )
     parser.add_argument("--masker-device", help="device of the AutoMasker (default: --device)")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"768x1024"`` -> ``(768, 1024)``; refused before any weights are loaded unless both are
-    positive multiples of 8 (the VAE's down-sampling)."""
+def size_argument(text: str) -> tuple[int, int]:
+    """``--size WxH``, refused (exit 2) before any weights are loaded."""
     try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"size must look like 768x1024; got {text!r}") from error
-    if width <= 0 or height <= 0 or width % 8 or height % 8:
-        raise argparse.ArgumentTypeError(f"size must be positive multiples of 8; got {text!r}")
-    return width, height
+        return parse_size(text)
+    except InvalidInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def run_download(args: argparse.Namespace) -> None:

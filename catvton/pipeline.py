@@ -40,6 +40,24 @@ MAX_SEED = 2**32 - 1
 RANDOM_SEED = -1
 
 
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` as ``(W, H)`` if both are positive multiples of 8 (the VAE's down-sampling), else
+    InvalidInputError."""
+    width, height = size
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise InvalidInputError(f"size must be positive multiples of 8 (WxH); got {width}x{height}")
+    return width, height
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"768x1024"`` -> ``(768, 1024)``; InvalidInputError unless it is a valid working size."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError as error:
+        raise InvalidInputError(f"size must look like 768x1024; got {text!r}") from error
+    return check_size((width, height))
+
+
 @dataclass(frozen=True)
 class TryOnResult:
     """One try-on: the image (RGB, working size), the seed that reproduces it, seconds per stage."""
@@ -68,9 +86,7 @@ class CatVTONPipeline:
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        width, height = size
-        if width % 8 or height % 8 or width <= 0 or height <= 0:
-            raise InvalidInputError(f"size must be positive multiples of 8 (W, H); got {size}")
+        width, height = check_size(size)
         self.unet = unet
         self.vae = vae
         self.scheduler = scheduler

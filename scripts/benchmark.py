@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.attention import attention_key_scheme
-from catvton.cli import parse_size
+from catvton.cli import size_argument
 from catvton.configs import (
     SD15_INPAINTING_UNET_CONFIG,
     SD15_SCHEDULER_CONFIG,
@@ -77,7 +77,9 @@ def main() -> None:
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--random-real-size", action="store_true", help="real architectures")
-    parser.add_argument("--size", type=parse_size, help="WxH (default 96x128 tiny, 768x1024 real)")
+    parser.add_argument(
+        "--size", type=size_argument, help="WxH (default 96x128 tiny, 768x1024 real)"
+    )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=2.5)
     parser.add_argument("--runs", type=int, default=5)

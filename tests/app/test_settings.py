@@ -39,7 +39,8 @@ def test_every_option_is_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"size": "768*1024"}, {"queue_size": -1}, {"port": 0}, {"dtype": "int8"}]
+    "bad",
+    [{"size": "768*1024"}, {"size": "100x128"}, {"queue_size": -1}, {"port": 0}, {"dtype": "int8"}],
 )
 def test_bad_values_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):
