@@ -55,10 +55,11 @@ def write_tiny_weights(weights_dir: Path, *, seed: int = 0) -> Path:
     # 3. Try-on attention weights: fresh values (not the UNet's own), so a test can see them loaded.
     catvton_dir = weights_dir / weights.CATVTON_FOLDER
     parameters = dict(unet.named_parameters())
+    key_scheme = attention_key_scheme(unet)
     for version in weights.ATTENTION_VERSIONS:
         tensors = {
             key: random_like(parameters[target], target, generator)
-            for key, target in attention_key_scheme(unet).items()
+            for key, target in key_scheme.items()
         }
         path = catvton_dir / weights.attention_file_name(version)
         path.parent.mkdir(parents=True, exist_ok=True)
