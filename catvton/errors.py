@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+# The command every "weights missing" message points to (it fetches every file we read).
+DOWNLOAD_COMMAND = "python -m catvton download DIR"
+
 
 class CatVTONError(Exception):
     """Base class of every error this library raises on purpose."""

@@ -27,7 +27,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from catvton.errors import InvalidInputError, WeightsNotFoundError
+from catvton.errors import DOWNLOAD_COMMAND, InvalidInputError, WeightsNotFoundError
 from catvton.masking import MASKER_FILES
 
 DEFAULT_BASE_MODEL = "booksforcharlie/stable-diffusion-inpainting"
@@ -53,7 +53,6 @@ UNET_WEIGHTS = (
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
-DOWNLOAD_COMMAND = "python -m catvton download DIR"
 DOWNLOAD_FIX = (
     f"Fetch the weights with: {DOWNLOAD_COMMAND} (or write test weights with "
     "python -m catvton make-tiny-weights DIR)."

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catvton.errors import InvalidInputError, WeightsNotFoundError
+from catvton.errors import DOWNLOAD_COMMAND, InvalidInputError, WeightsNotFoundError
 from catvton.masking.checkpoints import (
     StateDict,
     load_state_dict_strictly,
@@ -144,8 +144,8 @@ def load_automasker(
         if not (catvton_dir / relative).is_file():
             raise WeightsNotFoundError(
                 catvton_dir / relative,
-                fix=f"Download the hub repo zhengchong/CatVTON (its SCHP/ and DensePose/ folders) "
-                f"into {catvton_dir}.",
+                fix=f"Fetch it with {DOWNLOAD_COMMAND}, whose CatVTON/ folder holds SCHP/ and "
+                "DensePose/ as in the hub repo zhengchong/CatVTON.",
             )
     device = torch.device(device)
     dtype = dtype or _default_dtype(device)
