@@ -32,6 +32,7 @@ from app.errors import (
     GPUOutOfMemoryError,
     ModelLoadFailedError,
     ModelsLoadingError,
+    ServiceError,
     WorkerStoppedError,
 )
 from app.intake import TryOnImages
@@ -202,16 +203,25 @@ class InferenceWorker:
         assert self.models is not None, "models are not loaded"
         return self.models.pipeline.size
 
+    def unavailable(self) -> ServiceError | None:
+        """Why no try-on can be served at all (loading, failed load, dead worker), or None.
+
+        One wording for /health's message and for the 503 a try-on gets.
+        """
+        if self.state == "loading":
+            return ModelsLoadingError(self.loading_step)
+        if self.state == "error":
+            if self.models is not None:
+                return WorkerStoppedError(self.error or "unknown error")
+            return ModelLoadFailedError(self.error or "unknown error")
+        return None
+
     def check_accepting(self) -> None:
         """Raise the 503 a new request would get now (loading, failed, stopping or full)."""
         if self._stopping:
             raise GPUBusyError("the server is shutting down")
-        if self.state == "loading":
-            raise ModelsLoadingError(self.loading_step)
-        if self.state == "error":
-            if self.models is not None:
-                raise WorkerStoppedError(self.error or "unknown error")
-            raise ModelLoadFailedError(self.error or "unknown error")
+        if (reason := self.unavailable()) is not None:
+            raise reason
         ahead = self._receiving + len(self._waiting)
         if ahead + (self._running is not None) > self.queue_size:
             raise GPUBusyError(f"{ahead} requests are already waiting")

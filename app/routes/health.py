@@ -32,11 +32,8 @@ def read_gpu_memory(worker: InferenceWorker) -> GpuMemory | None:
 
 
 def describe(worker: InferenceWorker, demo: bool) -> str:
-    if worker.state == "loading":
-        return f"Models are still loading ({worker.loading_step})"
-    if worker.state == "error":
-        stage = "The inference worker stopped" if worker.models else "Model loading failed"
-        return f"{stage}: {worker.error}"
+    if (reason := worker.unavailable()) is not None:
+        return reason.message
     return DEMO_NOTE if demo else "Ready"
 
 
