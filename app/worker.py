@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import logging
 import threading
 import time
@@ -339,6 +340,7 @@ class InferenceWorker:
                 exc_info=not expected,
             )
             return False
+        gc.freeze()  # the models live as long as the process, like the imports (see app.main)
         self.state = "ok"
         pipeline = self.models.pipeline
         logger.info(
