@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TypeVar
 
 import uvicorn
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from app.request_id import configure_logging
 from app.settings import Settings
 
 logger = logging.getLogger("app")
+SettingsT = TypeVar("SettingsT", bound=Settings)
 
 # h11 rather than httptools: httptools accepts request headers of any size (a 2 MB header was
 # read whole); h11 answers 400 once an unfinished request head passes 16 KiB (so at most one socket
@@ -22,13 +24,20 @@ logger = logging.getLogger("app")
 SERVER_OPTIONS = {"http": "h11", "h11_max_incomplete_event_size": 16 * 1024}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_settings(
+    settings_class: type[SettingsT], argv: list[str] | None, prog: str = "python -m app"
+) -> SettingsT:
+    """Flags (argv, default sys.argv) and `CATVTON_*` variables -> settings, or exit with why."""
     try:
-        settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
+        return CliApp.run(settings_class, cli_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:  # a bad flag or CATVTON_* value: one line each, no traceback
-        raise SystemExit(f"python -m app: {describe_validation_errors(exc.errors())}") from None
+        raise SystemExit(f"{prog}: {describe_validation_errors(exc.errors())}") from None
     except SettingsError as exc:  # a CATVTON_* value pydantic-settings could not even parse
-        raise SystemExit(f"python -m app: {exc}") from None
+        raise SystemExit(f"{prog}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(Settings, argv)
     configure_logging(settings.log_level)
     if settings.demo:
         logger.warning("=" * 72)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
@@ -18,8 +18,15 @@ from app.settings import Settings
 from app.worker import InferenceWorker, load_models
 
 
-def create_app(settings: Settings, worker: InferenceWorker | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    worker: InferenceWorker | None = None,
+    *,
+    health_router: APIRouter = health.router,
+) -> FastAPI:
     """Build the service; `worker` defaults to one that loads the models `settings` names.
+
+    The scaled-out ingress (app/cluster) passes its own worker and a /health that lists replicas.
 
     Nothing is loaded here: the lifespan starts the worker, which loads in the background while
     the server already answers /health.
@@ -61,5 +68,5 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response has an id
     install_error_handlers(app)
     app.include_router(try_on.router)
-    app.include_router(health.router)
+    app.include_router(health_router)
     return app

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         description="where --demo writes its tiny weights",
     )
 
+    # -- shared state (Ray Serve deployment, app/cluster) ------------------------------------------
+    redis_url: str | None = Field(
+        None,
+        description="Redis for what replicas share (job records, idempotency keys, result cache, "
+        "rate limits), e.g. redis://127.0.0.1:6380/0; unset: in this process's memory",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def split_origins(cls, value: Any) -> Any:

@@ -1,0 +1,98 @@
+"""The Serve application: a CPU ingress made by `create_app`, try-on replicas behind it.
+
+`build_application(settings)` is used by `python -m app.cluster` (and so by the demo and the
+tests); `app_builder(args)` is the same for `serve run` / `serve deploy` with the YAML config in
+this folder, whose `args` are `ClusterSettings` fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from app.cluster import health
+from app.cluster.headers import DropRayHeadersMiddleware
+from app.cluster.redis_client import connect
+from app.cluster.registry import ReplicaRegistry
+from app.cluster.remote_worker import RemoteWorker
+from app.cluster.replica import TryOnReplica
+from app.cluster.settings import ClusterSettings
+from app.main import create_app
+from app.settings import Settings
+
+# The ingress only parses HTTP and waits on replicas: many requests per replica, little CPU. Its
+# own queue stays unbounded, so Serve's proxy never answers for it in plain text; the bound that
+# matters is the one in front of the try-on replicas (`max_queued_requests`).
+INGRESS_MAX_ONGOING_REQUESTS = 64
+INGRESS_CPUS = 0.5
+
+
+@serve.ingress()
+class Ingress:
+    """The single process's FastAPI app, whose worker is the try-on deployment."""
+
+    def __init__(self, try_on: DeploymentHandle, options: dict[str, Any], queue_bound: int) -> None:
+        self.settings = Settings(**options)
+        self.try_on = try_on
+        self.queue_bound = queue_bound
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        assert self.settings.redis_url, "the cluster needs --redis-url"
+        registry = ReplicaRegistry(connect(self.settings.redis_url))
+        worker = RemoteWorker(self.try_on, registry, queue_capacity=self.queue_bound)
+        # The ingress's /health lists the replicas instead of describing a local worker.
+        app = create_app(self.settings, worker, health_router=health.router)  # type: ignore[arg-type]
+        app.add_middleware(DropRayHeadersMiddleware)  # outermost: nothing below sees them
+        return app
+
+
+def build_application(settings: ClusterSettings) -> Application:
+    """Bind the two deployments as `settings` says (replicas, GPUs, autoscaling, queue bound)."""
+    if not settings.redis_url:
+        raise ValueError("the cluster needs --redis-url (replicas share state through Redis)")
+    if settings.max_replicas is not None:
+        scaling: dict[str, Any] = {
+            "autoscaling_config": {
+                "min_replicas": settings.min_replicas or 1,
+                "max_replicas": settings.max_replicas,
+                # One try-on per replica at a time: scale out as soon as requests wait.
+                "target_ongoing_requests": 1,
+            }
+        }
+    else:
+        scaling = {"num_replicas": settings.replicas}
+    options = settings.service_options()
+    try_on = (
+        serve.deployment(TryOnReplica)
+        .options(
+            name="TryOn",
+            max_ongoing_requests=1,
+            max_queued_requests=settings.max_queued_requests,
+            health_check_period_s=settings.health_check_period_s,
+            ray_actor_options={
+                "num_gpus": settings.gpus_per_replica,
+                "num_cpus": settings.cpus_per_replica,
+            },
+            **scaling,
+        )
+        .bind(options)
+    )
+    return (
+        serve.deployment(Ingress)
+        .options(
+            name="Ingress",
+            num_replicas=settings.ingress_replicas,
+            max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+            ray_actor_options={"num_cpus": INGRESS_CPUS},
+        )
+        .bind(try_on, options, settings.max_queued_requests)
+    )
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """`serve run app.cluster.deployments:app_builder key=value ...` / the YAML's `args`."""
+    return build_application(ClusterSettings(**args))

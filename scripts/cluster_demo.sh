@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The scaled-out service on one CPU machine, for trying and testing (no GPU, tiny random weights):
+#   scripts/cluster_demo.sh --port PORT --replicas N [--redis-port P] [python -m app.cluster flags]
+# starts a local Ray head (small object store, no dashboard), a local redis-server with persistence
+# and the Serve application in demo mode with N CPU try-on replicas, prints the URL, serves until
+# SIGINT/SIGTERM, then stops everything it started (and only that: no `ray stop`).
+# Needs `pip install -r requirements-cluster.txt` and redis-server (Debian: apt-get install redis-server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+RAY="$(dirname "$PYTHON")/ray"
+
+port=8000
+replicas=2
+redis_port=
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --port) port=$2; shift 2 ;;
+    --replicas) replicas=$2; shift 2 ;;
+    --redis-port) redis_port=$2; shift 2 ;;
+    *) extra+=("$1"); shift ;;
+  esac
+done
+for tool in redis-server "$RAY"; do
+  command -v "$tool" >/dev/null || {
+    echo "cluster_demo: $tool not found (pip install -r requirements-cluster.txt;" \
+      "apt-get install redis-server)" >&2
+    exit 2
+  }
+done
+
+# Free loopback ports: Ray's GCS (its default, 6379, is Redis' own), its client server and
+# dashboard agent (fixed defaults that a second Ray head on this machine would collide with).
+read -r ray_port ray_client_port agent_port free_redis_port < <("$PYTHON" - <<'PY'
+import socket
+socks = [socket.socket() for _ in range(4)]
+for sock in socks:
+    sock.bind(("127.0.0.1", 0))
+print(*(sock.getsockname()[1] for sock in socks))
+PY
+)
+redis_port=${redis_port:-$free_redis_port}
+state=$(mktemp -d -t catvton-cluster.XXXXXX)
+pids=()
+
+stop_all() {
+  trap - EXIT INT TERM
+  # Reverse order: the application first, then Ray (its --block process stops its own
+  # children on SIGTERM), then Redis (which writes its data on SIGTERM).
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
+  rm -rf "$state"
+}
+trap stop_all EXIT
+trap 'exit 0' INT TERM
+
+# Persistence (append-only file in the state folder): finished jobs survive a Redis restart.
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$state" --appendonly yes \
+  --save "" --loglevel warning >"$state/redis.log" 2>&1 &
+pids+=($!)
+
+"$RAY" start --head --block --node-ip-address 127.0.0.1 --port "$ray_port" \
+  --ray-client-server-port "$ray_client_port" --dashboard-agent-listen-port "$agent_port" \
+  --num-cpus=4 --include-dashboard=false --object-store-memory=500000000 \
+  --disable-usage-stats --temp-dir "$state/ray" >"$state/ray.log" 2>&1 &
+pids+=($!)
+
+# Wait for the head (a few seconds) before the application joins it.
+for _ in $(seq 300); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$ray_port") 2>/dev/null && break
+  kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/ray.log" >&2; exit 1; }
+  sleep 0.2
+done
+
+echo "cluster_demo: Ray head on 127.0.0.1:$ray_port, Redis on 127.0.0.1:$redis_port" \
+  "(logs in $state)"
+"$PYTHON" -m app.cluster --demo --demo-dir "$state/demo-weights" \
+  --host 127.0.0.1 --port "$port" --replicas "$replicas" --gpus-per-replica 0 \
+  --cpus-per-replica 1 --ray-address "127.0.0.1:$ray_port" \
+  --redis-url "redis://127.0.0.1:$redis_port/0" "${extra[@]}" &
+pids+=($!)
+wait "${pids[-1]}"
