@@ -68,10 +68,17 @@ pids+=($!)
   --disable-usage-stats --temp-dir "$state/ray" >"$state/ray.log" 2>&1 &
 pids+=($!)
 
-# Wait for the head (a few seconds) before the application joins it.
-for _ in $(seq 300); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$ray_port") 2>/dev/null && break
-  kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/ray.log" >&2; exit 1; }
+# Wait for Redis and the Ray head (a few seconds): their own words, not an open port (a port
+# picked above may have been taken meanwhile by another program, and then they stop instead).
+ray_pid=${pids[-1]}
+for _ in $(seq 600); do
+  grep -q "block forever" "$state/ray.log" && redis-cli -p "$redis_port" ping >/dev/null 2>&1 \
+    && break
+  if ! kill -0 "$ray_pid" 2>/dev/null || ! kill -0 "${pids[0]}" 2>/dev/null; then
+    echo "cluster_demo: Ray or Redis did not start:" >&2
+    tail -n 20 "$state/ray.log" "$state/redis.log" >&2
+    exit 1
+  fi
   sleep 0.2
 done
 

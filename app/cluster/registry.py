@@ -26,6 +26,8 @@ class ReplicaReport(TypedDict):
     status: str  # loading / ok / error
     error: str | None
     inferences_served: int
+    busy: bool  # an inference is running
+    pid: int  # the replica's process, for operators (and the test that kills one)
     size: list[int] | None  # working size (width, height) once loaded
     device: str | None
     dtype: str | None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from functools import partial
 from typing import Any
@@ -69,6 +70,8 @@ class TryOnReplica:
             status=self.worker.state,
             error=self.worker.error,
             inferences_served=self.worker.inferences_served,
+            busy=self.worker.busy,
+            pid=os.getpid(),
             size=list(models.pipeline.size) if models else None,
             device=str(models.pipeline.device) if models else None,
             dtype=str(models.pipeline.dtype).removeprefix("torch.") if models else None,

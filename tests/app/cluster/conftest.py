@@ -1,0 +1,88 @@
+"""One real cluster for the whole session: `scripts/cluster_demo.sh` (a Ray head, a redis-server
+with persistence, the Serve application in demo mode with 2 CPU try-on replicas and 2 ingress
+replicas), started once, on loopback, and stopped at the end with everything it started.
+
+Without redis-server or ray the cluster tests are skipped with one line, except in CI (`CI` set),
+where that is a failure: .ci/run installs both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from cluster_helpers import DEMO_SCRIPT, QUEUE_BOUND, START_TIMEOUT_S, Cluster, free_port
+
+
+def cluster_missing() -> str | None:
+    if shutil.which("redis-server") is None:
+        return "redis-server not installed (apt-get install redis-server)"
+    for module in ("ray", "redis"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} not installed (pip install -r requirements-cluster.txt)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = cluster_missing()
+    if missing is None:
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"cluster tests cannot run in CI: {missing}")
+    skip = pytest.mark.skip(reason=f"cluster tests skipped: {missing}")
+    for item in items:
+        if "tests/app/cluster/" in item.nodeid:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    port, redis_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [str(DEMO_SCRIPT), "--port", str(port), "--replicas", "2", "--redis-port",
+         str(redis_port), "--ingress-replicas", "2", "--max-queued-requests", str(QUEUE_BOUND),
+         "--max-upload-mb", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    started = threading.Event()
+    running = Cluster(url=f"http://127.0.0.1:{port}", redis_port=redis_port)
+
+    def drain() -> None:  # keep the pipe empty; remember the output for a failure's message
+        assert process.stdout is not None
+        for line in process.stdout:
+            running.output.append(line)
+            if line.startswith("serving on http://"):
+                started.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not started.wait(1):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = "".join(running.output[-40:])
+                raise RuntimeError(f"the demo cluster did not start:\n{tail}")
+        running.wait_for_health(lambda body: body["status"] == "ok", timeout=120)
+        yield running
+    finally:
+        running.stop_restarted_redis()
+        process.send_signal(signal.SIGTERM)  # the script stops the app, Ray and Redis
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+        reader.join(10)
+
+
+@pytest.fixture
+def tiny_server(cluster: Cluster) -> str:
+    """The single process's HTTP tests, pointed at the cluster (same flags: 1 MiB upload cap)."""
+    return cluster.url

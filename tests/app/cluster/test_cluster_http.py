@@ -1,0 +1,127 @@
+"""The scaled-out service through real HTTP: a real Ray cluster and redis-server (conftest), CPU,
+tiny demo weights, 2 try-on replicas, 2 ingress replicas.
+
+The single process's own HTTP tests run against the cluster's URL too (imported below: pytest
+collects them here with this folder's `tiny_server`, the cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from cluster_helpers import QUEUE_BOUND, Cluster
+from http_helpers import assert_envelope, post_try_on, try_on_parts
+from test_try_on_http import (  # noqa: F401  (collected here, against the cluster)
+    test_a_body_that_is_not_multipart_gets_422,
+    test_a_mask_of_another_shape_than_the_person_gets_422,
+    test_cors_preflight_from_the_app,
+    test_invalid_fields_get_422_naming_the_field,
+    test_pixel_bomb_gets_413,
+    test_react_native_style_multipart_with_jpeg_output,
+    test_undecodable_files_get_415_naming_the_field,
+    test_unknown_cloth_type_lists_the_allowed_values,
+    test_unknown_route_uses_the_envelope,
+    test_upload_over_the_byte_cap_gets_413,
+    test_user_mask_replaces_the_automatic_one_with_webp_output,
+    test_wrong_method_uses_the_envelope_and_keeps_allow,
+)
+
+FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
+
+
+def served_per_replica(cluster: Cluster) -> dict[str, int]:
+    return {replica["id"]: replica["inferences_served"] for replica in cluster.health()["replicas"]}
+
+
+def test_health_lists_every_replica_and_redis(cluster: Cluster) -> None:
+    body = cluster.health()
+    assert body["status"] == "ok" and body["redis"] == "ok"
+    assert body["size"] == [96, 128] and body["demo"] is True
+    assert len(body["replicas"]) == 2
+    for replica in body["replicas"]:
+        assert replica.keys() == {"id", "status", "error", "inferences_served"}
+        assert replica["status"] == "ok" and replica["error"] is None
+
+
+def test_concurrent_requests_are_served_by_both_replicas(cluster: Cluster) -> None:
+    before = served_per_replica(cluster)
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: post_try_on(cluster.url, try_on_parts(**FAST)), "abcd"))
+    assert [response.status_code for response in responses] == [200] * 4
+    # One try-on per replica at a time: four at once cannot all have run on one of them.
+    after = cluster.wait_for_health(
+        lambda body: (
+            sum(r["inferences_served"] for r in body["replicas"]) >= sum(before.values()) + 4
+        )
+    )
+    counts = {replica["id"]: replica["inferences_served"] for replica in after["replicas"]}
+    assert all(counts[replica_id] > before.get(replica_id, 0) for replica_id in counts), counts
+
+
+def test_a_burst_past_the_bound_gets_the_busy_envelope_and_the_rest_succeed(
+    cluster: Cluster,
+) -> None:
+    # At most 2 running + QUEUE_BOUND waiting per ingress replica: 12 at once overflow.
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(
+            pool.map(lambda _: post_try_on(cluster.url, try_on_parts(**FAST)), range(12))
+        )
+    busy = [response for response in responses if response.status_code == 503]
+    assert busy, [response.status_code for response in responses]
+    assert len(busy) >= 12 - 2 * (2 + QUEUE_BOUND) - 2  # a few may slip in as others finish
+    for response in busy:
+        assert_envelope(response, 503, "gpu_busy", "GPU is busy processing another request")
+        assert int(response.headers["Retry-After"]) > 0
+    assert all(response.status_code in (200, 503) for response in responses)
+
+
+def test_rays_client_headers_change_nothing_for_a_served_request(cluster: Cluster) -> None:
+    headers = {"x-request-timeout-seconds": "-1", "x-request-disconnect-disabled": "?1"}
+    response = post_try_on(cluster.url, try_on_parts(**FAST), headers=headers)
+    assert response.status_code == 200, response.text
+
+
+def test_a_killed_replica_fails_its_request_and_serve_replaces_it(cluster: Cluster) -> None:
+    before = {replica["id"] for replica in cluster.health()["replicas"]}
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post_try_on, cluster.url, try_on_parts(num_inference_steps="60"))
+        victim = wait_for_busy_replica(cluster)
+        os.kill(victim["pid"], signal.SIGKILL)
+        response = pending.result()
+    assert_envelope(response, 503, "worker_stopped", "stopped")
+    body = cluster.wait_for_health(
+        lambda body: (
+            len(body["replicas"]) == 2
+            and victim["id"] not in {replica["id"] for replica in body["replicas"]}
+            and all(replica["status"] == "ok" for replica in body["replicas"])
+        ),
+        timeout=300,
+    )
+    assert {replica["id"] for replica in body["replicas"]} - before  # a new replica took its place
+    assert post_try_on(cluster.url, try_on_parts(**FAST)).status_code == 200
+
+
+def wait_for_busy_replica(cluster: Cluster, timeout: float = 60.0) -> dict:
+    """The report (with its process id) of the replica that is running an inference."""
+    deadline = time.monotonic() + timeout
+    client = cluster.redis()
+    while time.monotonic() < deadline:
+        for key in client.scan_iter("catvton:replica:*"):
+            value = client.get(key)
+            if value is not None and (report := json.loads(value))["busy"]:
+                return report
+        time.sleep(0.1)
+    raise TimeoutError("no replica became busy")
+
+
+def test_a_redis_restart_is_reported_and_recovered_from(cluster: Cluster) -> None:
+    folder = cluster.stop_redis()
+    down = cluster.wait_for_health(lambda body: body["redis"] != "ok", timeout=30)
+    assert down["status"] == "ok"  # the replicas are still there; only shared state is not
+    cluster.start_redis(folder)
+    cluster.wait_for_health(lambda body: body["redis"] == "ok", timeout=30)
+    assert post_try_on(cluster.url, try_on_parts(**FAST)).status_code == 200
