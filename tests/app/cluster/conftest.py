@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -80,6 +81,31 @@ def cluster() -> Iterator[Cluster]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
         reader.join(10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bare redis-server on a free loopback port (no persistence), for the store tests."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 @pytest.fixture

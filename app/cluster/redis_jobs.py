@@ -1,0 +1,266 @@
+"""The Redis `JobStore`: the same records, results, claims and retention for every ingress replica.
+
+Layout (all under `catvton:`): `job:{id}` the record's JSON, `job:{id}:result` a hash of the
+result's bytes (`redis_results`), `jobkey:{sha1(client, key)}` an Idempotency-Key claim, sorted
+sets `jobs` (every record, for the count cap), `jobs:finished` (by expiry time: expiry and
+eviction take the lowest first) and `jobs:tombstones` (forgotten ids, for 410), a byte counter
+`jobs:result-bytes`, and a pub/sub channel `job:{id}:changed` per job for `watch`.
+
+Steps that must not interleave between replicas run as one server-side script (create with its
+claim, forget) or as a WATCH/MULTI transaction (update, finish). Expiry is lazy and driven by the
+`clock` as in the in-memory store, so a test can move time; nothing depends on Redis key TTLs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from app.cluster.redis_results import result_fields, result_from_fields
+from app.encoding import EncodedResult
+from app.errors import JobExpiredError, JobNotFoundError
+from app.jobs.records import JobRecord
+from app.jobs.store import MAX_TOMBSTONES, TOMBSTONE_S, JobStore
+
+PREFIX = "catvton:"
+ALL_KEY = PREFIX + "jobs"
+FINISHED_KEY = PREFIX + "jobs:finished"
+TOMBSTONES_KEY = PREFIX + "jobs:tombstones"
+BYTES_KEY = PREFIX + "jobs:result-bytes"
+WATCH_POLL_S = 1.0  # a watcher re-reads at least this often (a message lost in a reconnect)
+
+# KEYS: record, all. ARGV: id, record JSON, created_at, client, Idempotency-Key or "", prefix.
+CREATE_SCRIPT = """
+if ARGV[5] ~= '' then
+  local claim = ARGV[6] .. 'jobkey:' .. redis.sha1hex(ARGV[4] .. '\\n' .. ARGV[5])
+  local existing = redis.call('GET', claim)
+  if existing then
+    local raw = redis.call('GET', ARGV[6] .. 'job:' .. existing)
+    if raw then return {0, raw} end
+  end
+  redis.call('SET', claim, ARGV[1])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return {1, ARGV[2]}
+"""
+
+# KEYS: record, result, all, finished, bytes, tombstones, channel.
+# ARGV: id, tombstone (1/0), now, prefix, max tombstones.
+FORGET_SCRIPT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local nbytes = redis.call('HGET', KEYS[2], 'nbytes')
+if nbytes then redis.call('DECRBY', KEYS[5], nbytes) end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local record = cjson.decode(raw)
+local key = record['idempotency_key']
+if type(key) == 'string' then
+  local claim = ARGV[4] .. 'jobkey:' .. redis.sha1hex(record['client'] .. '\\n' .. key)
+  if redis.call('GET', claim) == ARGV[1] then redis.call('DEL', claim) end
+end
+if ARGV[2] == '1' then
+  redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+  local extra = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[5])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, extra - 1) end
+end
+redis.call('PUBLISH', KEYS[7], 'forgotten')
+return 1
+"""
+
+
+def record_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def result_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:result"
+
+
+def channel(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:changed"
+
+
+class RedisJobStore(JobStore):
+    """The `JobStore` contract (app/jobs/store.py) over one Redis shared by all replicas."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        ttl_s: float,
+        max_bytes: int,
+        max_jobs: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self.max_jobs = max_jobs
+        self._redis = redis
+        self._clock = clock
+        self._create = redis.register_script(CREATE_SCRIPT)
+        self._forget_script = redis.register_script(FORGET_SCRIPT)
+
+    async def result_bytes(self) -> int:
+        return int(await self._redis.get(BYTES_KEY) or 0)
+
+    async def count(self) -> int:
+        return await self._redis.zcard(ALL_KEY)
+
+    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        await self._expire()
+        created, raw = await self._create(
+            keys=[record_key(record.job_id), ALL_KEY],
+            args=[
+                record.job_id,
+                record.model_dump_json(),
+                record.created_at,
+                record.client,
+                record.idempotency_key or "",
+                PREFIX,
+            ],
+        )
+        if not created:
+            return JobRecord.model_validate_json(raw), False
+        await self._evict_beyond_caps(keep=record.job_id)
+        return record, True
+
+    async def get(self, job_id: str) -> JobRecord:
+        await self._expire()
+        raw = await self._redis.get(record_key(job_id))
+        if raw is None:
+            raise await self._missing(job_id)
+        return JobRecord.model_validate_json(raw)
+
+    async def update(self, job_id: str, **changes: Any) -> JobRecord:
+        await self._expire()
+        return await self._replace(job_id, changes)
+
+    async def finish(
+        self, job_id: str, result: EncodedResult | None = None, **changes: Any
+    ) -> JobRecord:
+        await self._expire()
+        now = self._clock()
+        expires_at = now + self.ttl_s
+
+        def store_result(pipe: Pipeline) -> None:
+            if result is not None:
+                pipe.hset(result_key(job_id), mapping=result_fields(result))
+                pipe.incrby(BYTES_KEY, result.nbytes)
+            pipe.zadd(FINISHED_KEY, {job_id: expires_at})
+
+        changes = {"finished_at": now, "expires_at": expires_at, **changes}
+        record = await self._replace(job_id, changes, also=store_result)
+        await self._evict_beyond_caps(keep=job_id)
+        return record
+
+    async def result(self, job_id: str) -> EncodedResult | None:
+        await self.get(job_id)
+        return result_from_fields(await self._redis.hgetall(result_key(job_id)))
+
+    async def delete(self, job_id: str) -> None:
+        await self.get(job_id)
+        await self._forget(job_id, tombstone=False)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(channel(job_id))  # before the first read: no change slips by
+        try:
+            record = await self.get(job_id)
+            yield record
+            while not record.final:
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=WATCH_POLL_S)
+                raw = await self._redis.get(record_key(job_id))
+                if raw is None:  # forgotten: the caller sees a last record that is not final
+                    return
+                current = JobRecord.model_validate_json(raw)
+                if current.version > record.version:
+                    record = current
+                    yield record
+        finally:
+            await pubsub.aclose()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    async def _missing(self, job_id: str) -> Exception:
+        """410 for an id forgotten within a day, else 404."""
+        forgotten_at = await self._redis.zscore(TOMBSTONES_KEY, job_id)
+        if forgotten_at is not None and forgotten_at + TOMBSTONE_S > self._clock():
+            return JobExpiredError()
+        return JobNotFoundError()
+
+    async def _replace(
+        self,
+        job_id: str,
+        changes: dict[str, Any],
+        also: Callable[[Pipeline], None] | None = None,
+    ) -> JobRecord:
+        """Read, change and write the record atomically (retried if another replica wrote it)."""
+        key = record_key(job_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        raise await self._missing(job_id)
+                    record = JobRecord.model_validate_json(raw)
+                    record = record.model_copy(update={**changes, "version": record.version + 1})
+                    pipe.multi()
+                    pipe.set(key, record.model_dump_json())
+                    if also is not None:
+                        also(pipe)
+                    pipe.publish(channel(job_id), record.version)
+                    await pipe.execute()
+                    return record
+                except WatchError:
+                    continue
+
+    async def _forget(self, job_id: str, *, tombstone: bool) -> None:
+        await self._forget_script(
+            keys=[
+                record_key(job_id),
+                result_key(job_id),
+                ALL_KEY,
+                FINISHED_KEY,
+                BYTES_KEY,
+                TOMBSTONES_KEY,
+                channel(job_id),
+            ],
+            args=[job_id, int(tombstone), self._clock(), PREFIX, MAX_TOMBSTONES],
+        )
+
+    async def _expire(self) -> None:
+        now = self._clock()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(FINISHED_KEY, "-inf", now)
+            pipe.zremrangebyscore(TOMBSTONES_KEY, "-inf", now - TOMBSTONE_S)
+            expired, _ = await pipe.execute()
+        for job_id in expired:
+            await self._forget(job_id.decode(), tombstone=True)
+
+    async def _evict_beyond_caps(self, *, keep: str) -> None:
+        """Forget the oldest finished jobs (never `keep`, never an active one) until within caps."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(ALL_KEY)
+            pipe.get(BYTES_KEY)
+            pipe.zrange(FINISHED_KEY, 0, -1)
+            count, nbytes, finished = await pipe.execute()
+        nbytes = int(nbytes or 0)
+        for raw_id in finished:
+            if count <= self.max_jobs and nbytes <= self.max_bytes:
+                return
+            job_id = raw_id.decode()
+            if job_id == keep:
+                continue
+            size = await self._redis.hget(result_key(job_id), "nbytes")
+            await self._forget(job_id, tombstone=True)
+            count -= 1
+            nbytes -= int(size or 0)
