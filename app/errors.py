@@ -157,6 +157,19 @@ class JobCanceledError(ServiceError):
         super().__init__(message)
 
 
+class JobFailedError(ServiceError):
+    """A failed job's own error, answered with the status its synchronous request would have got
+    (e.g. 503 gpu_out_of_memory): the code and status are the job's, not fixed per class."""
+
+    def __init__(
+        self, code: str, message: str, status_code: int, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]
+        self.status_code = status_code  # type: ignore[misc]
+        self.retry_after_s = retry_after_s  # type: ignore[misc]
+
+
 class IdempotencyKeyReusedError(ServiceError):
     status_code = 422
     code = "idempotency_key_reused"

@@ -87,6 +87,10 @@ class TryOnResponse(BaseModel):
     seed: int = Field(description="the seed actually used: send it back to reproduce the image")
     request_id: str
     timings_ms: dict[str, float] = Field(description="milliseconds per stage")
+    cached: bool = Field(False, description="answered from the result cache (fixed seeds)")
+    mask_base64: str | None = Field(
+        None, description="with return_mask: the PNG mask the model used, white = repainted"
+    )
 
 
 class ErrorResponse(BaseModel):

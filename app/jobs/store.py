@@ -51,6 +51,10 @@ class JobStore(ABC):
         """
 
     @abstractmethod
+    async def claimed(self, client: str, idempotency_key: str) -> JobRecord | None:
+        """The record of the job that `client`'s `idempotency_key` names, or None."""
+
+    @abstractmethod
     async def get(self, job_id: str) -> JobRecord:
         """The current record; raises JobNotFoundError or JobExpiredError."""
 
@@ -125,6 +129,11 @@ class InMemoryJobStore(JobStore):
         self._records[record.job_id] = record
         self._evict_beyond_caps(keep=record.job_id)
         return record, True
+
+    async def claimed(self, client: str, idempotency_key: str) -> JobRecord | None:
+        self._expire()
+        job_id = self._keys.get((client, idempotency_key))
+        return None if job_id is None else self._records[job_id]
 
     async def get(self, job_id: str) -> JobRecord:
         self._expire()

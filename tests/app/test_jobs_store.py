@@ -83,6 +83,8 @@ async def test_the_same_idempotency_key_makes_one_job_per_client() -> None:
     assert [created for _, created in results] == [True, False]
     assert results[1][0] == first  # the existing job: the caller compares fingerprints
     assert (await store.create(other_client))[1]  # keys are scoped per client
+    assert await store.claimed("127.0.0.1", "k") == first
+    assert await store.claimed("127.0.0.1", "other") is None
     await store.delete(first.job_id)  # the key lives as long as the record
     assert (await store.create(make_record(clock, idempotency_key="k")))[1]
 
