@@ -17,10 +17,13 @@ from ray.serve.handle import DeploymentHandle
 from app.cluster import health
 from app.cluster.headers import DropRayHeadersMiddleware
 from app.cluster.redis_client import connect
+from app.cluster.redis_jobs import RedisJobStore
+from app.cluster.redis_results import RedisResultCache
 from app.cluster.registry import ReplicaRegistry
 from app.cluster.remote_worker import RemoteWorker
 from app.cluster.replica import TryOnReplica
 from app.cluster.settings import ClusterSettings
+from app.cluster.shared_jobs import SharedJobRunner
 from app.main import create_app
 from app.settings import Settings
 
@@ -41,11 +44,32 @@ class Ingress:
         self.queue_bound = queue_bound
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        assert self.settings.redis_url, "the cluster needs --redis-url"
-        registry = ReplicaRegistry(connect(self.settings.redis_url))
-        worker = RemoteWorker(self.try_on, registry, queue_capacity=self.queue_bound)
+        settings = self.settings
+        assert settings.redis_url, "the cluster needs --redis-url"
+        redis = connect(settings.redis_url)
+        worker = RemoteWorker(
+            self.try_on,
+            ReplicaRegistry(redis),
+            queue_capacity=self.queue_bound,
+            max_queued_jobs=settings.max_queued_jobs,
+        )
+        store = RedisJobStore(
+            redis,
+            ttl_s=settings.job_ttl,
+            max_bytes=settings.job_store_bytes,
+            max_jobs=settings.max_jobs,
+        )
+        cache = RedisResultCache(redis, settings.cache_bytes) if settings.cache_bytes > 0 else None
         # The ingress's /health lists the replicas instead of describing a local worker.
-        app = create_app(self.settings, worker, health_router=health.router)  # type: ignore[arg-type]
+        app = create_app(
+            settings,
+            worker,  # type: ignore[arg-type]
+            job_store=store,
+            cache=cache,
+            health_router=health.router,
+        )
+        # Cancels and deletes reach the replica that drives the job.
+        app.state.jobs = SharedJobRunner(redis, store, worker, cache)
         app.add_middleware(DropRayHeadersMiddleware)  # outermost: nothing below sees them
         return app
 

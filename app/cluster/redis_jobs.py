@@ -13,6 +13,7 @@ claim, forget) or as a WATCH/MULTI transaction (update, finish). Expiry is lazy 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -34,16 +35,15 @@ TOMBSTONES_KEY = PREFIX + "jobs:tombstones"
 BYTES_KEY = PREFIX + "jobs:result-bytes"
 WATCH_POLL_S = 1.0  # a watcher re-reads at least this often (a message lost in a reconnect)
 
-# KEYS: record, all. ARGV: id, record JSON, created_at, client, Idempotency-Key or "", prefix.
+# KEYS: record, all, claim (or none). ARGV: id, record JSON, created_at, prefix.
 CREATE_SCRIPT = """
-if ARGV[5] ~= '' then
-  local claim = ARGV[6] .. 'jobkey:' .. redis.sha1hex(ARGV[4] .. '\\n' .. ARGV[5])
-  local existing = redis.call('GET', claim)
+if KEYS[3] then
+  local existing = redis.call('GET', KEYS[3])
   if existing then
-    local raw = redis.call('GET', ARGV[6] .. 'job:' .. existing)
+    local raw = redis.call('GET', ARGV[4] .. 'job:' .. existing)
     if raw then return {0, raw} end
   end
-  redis.call('SET', claim, ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[1])
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
@@ -84,6 +84,12 @@ def result_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:result"
 
 
+def claim_key(client: str, idempotency_key: str) -> str:
+    """The claim's key; FORGET_SCRIPT computes the same with redis.sha1hex."""
+    digest = hashlib.sha1(f"{client}\n{idempotency_key}".encode()).hexdigest()
+    return f"{PREFIX}jobkey:{digest}"
+
+
 def channel(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:changed"
 
@@ -116,21 +122,24 @@ class RedisJobStore(JobStore):
 
     async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
         await self._expire()
+        keys = [record_key(record.job_id), ALL_KEY]
+        if record.idempotency_key is not None:
+            keys.append(claim_key(record.client, record.idempotency_key))
         created, raw = await self._create(
-            keys=[record_key(record.job_id), ALL_KEY],
-            args=[
-                record.job_id,
-                record.model_dump_json(),
-                record.created_at,
-                record.client,
-                record.idempotency_key or "",
-                PREFIX,
-            ],
+            keys=keys, args=[record.job_id, record.model_dump_json(), record.created_at, PREFIX]
         )
         if not created:
             return JobRecord.model_validate_json(raw), False
         await self._evict_beyond_caps(keep=record.job_id)
         return record, True
+
+    async def claimed(self, client: str, idempotency_key: str) -> JobRecord | None:
+        await self._expire()
+        job_id = await self._redis.get(claim_key(client, idempotency_key))
+        if job_id is None:
+            return None
+        raw = await self._redis.get(record_key(job_id.decode()))
+        return None if raw is None else JobRecord.model_validate_json(raw)
 
     async def get(self, job_id: str) -> JobRecord:
         await self._expire()

@@ -31,6 +31,7 @@ class ReplicaReport(TypedDict):
     size: list[int] | None  # working size (width, height) once loaded
     device: str | None
     dtype: str | None
+    model_identity: str  # weights, precision, device, size: part of the result cache key
 
 
 class ReplicaRegistry:

@@ -1,10 +1,17 @@
-"""What the ingress's routes call instead of the local worker: try-on replicas behind Serve.
+"""What the ingress's routes and job runner use instead of the local worker: try-on replicas
+behind Serve, seen through the same `InferenceQueue` surface (app/work.py), so the routes and the
+runner are the single process's, unchanged.
 
-The routes ask a worker for three things: `admission()` (refuse at once when nothing can serve),
-`size` (the working size uploads are fitted to) and `run(job, disconnected=...)`. This class gives
-the same three over a Serve handle, so the routes are the single process's, unchanged. It learns
-which replicas are up from their reports in Redis (`registry`), polled in the background so that
-/health and admission never wait on the network.
+- Synchronous door: one Serve call per request; past Serve's queue bound (`max_queued_requests`)
+  the 503 `gpu_busy` envelope; a client that leaves cancels the call (a queued one never runs).
+- Job door: jobs wait here, in front of Serve, up to `max_queued_jobs` per ingress replica, and
+  are fed to Serve as it accepts them (a back-pressure refusal means "not yet"). Each runs as a
+  streaming call whose progress events go to the job's listener (the runner writes them into the
+  shared store); cancelling stops it at its next step. A replica that dies mid-job: the job runs
+  once more on another replica (its step count never goes back), then fails `worker_stopped`.
+
+Which replicas are up comes from their reports in Redis (`registry`), read in the background, so
+admission and /health never wait on the network.
 """
 
 from __future__ import annotations
@@ -30,26 +37,54 @@ from app.errors import (
     ServiceError,
     WorkerStoppedError,
 )
-from app.worker import TryOnJob, TryOnOutcome
+from app.work import Door, QueuedWork, TryOnJob, TryOnOutcome, WorkListener
+from catvton.errors import InferenceCanceledError
 
 logger = logging.getLogger(__name__)
 
 REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
+BACKPRESSURE_RETRY_S = 0.25  # a job waiting for room in Serve's queue asks again this often
+JOB_ATTEMPTS = 2  # a job whose replica died runs once more
+
+
+class ReplicaStopped(Exception):
+    """The replica running a call died (Serve restarts it)."""
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Serve's and Ray's failures -> the service's errors (or ReplicaStopped / BackPressureError,
+    which the caller decides about)."""
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, Exception) and not isinstance(cause, RayActorError):
+            return cause  # the replica's own error: 503 out of memory, 422, canceled, ...
+        return ReplicaStopped(str(exc))
+    if isinstance(exc, REPLICA_GONE):
+        return ReplicaStopped(str(exc))
+    return exc
 
 
 class RemoteWorker:
-    """Try-on replicas seen as one worker: same admission, size and run as `InferenceWorker`."""
+    """Try-on replicas seen as one worker (the `InferenceQueue` surface)."""
 
     def __init__(
-        self, try_on: DeploymentHandle, registry: ReplicaRegistry, *, queue_capacity: int
+        self,
+        try_on: DeploymentHandle,
+        registry: ReplicaRegistry,
+        *,
+        queue_capacity: int,
+        max_queued_jobs: int,
     ) -> None:
         self._try_on = try_on
         self._registry = registry
         self.queue_capacity = queue_capacity  # Serve's max_queued_requests, per ingress replica
-        self._in_flight = 0  # try-ons this ingress replica has handed to Serve, not yet answered
+        self.max_queued_jobs = max_queued_jobs
         self.replicas: list[ReplicaReport] = []
         self.redis_status = "connecting"
         self.started_at = time.monotonic()
+        self._in_flight = 0  # synchronous calls handed to Serve, not yet answered
+        self._waiting_jobs: list[QueuedWork] = []  # jobs not yet on a replica, in order
+        self._job_tasks: dict[QueuedWork, asyncio.Task[None]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -78,7 +113,7 @@ class RemoteWorker:
         else:
             self.redis_status = "ok"
 
-    # -- what the routes use ---------------------------------------------------------------------
+    # -- state, for admission and /health --------------------------------------------------------
 
     @property
     def state(self) -> str:
@@ -96,14 +131,14 @@ class RemoteWorker:
 
     @property
     def busy(self) -> bool:
-        return self._in_flight > 0
+        return any(replica["busy"] for replica in self.replicas)
 
     @property
     def queue_depth(self) -> int:
-        """This ingress replica's calls that no ready replica can be running (an estimate:
-        Serve does not expose its queue)."""
+        """Work of this ingress replica that no replica runs yet (an estimate: Serve does not
+        expose its own queue)."""
         ready = sum(replica["status"] == "ok" for replica in self.replicas)
-        return max(0, self._in_flight - ready)
+        return max(0, self._in_flight - ready) + len(self._waiting_jobs)
 
     def ready_replica(self) -> ReplicaReport | None:
         return next((replica for replica in self.replicas if replica["status"] == "ok"), None)
@@ -116,67 +151,166 @@ class RemoteWorker:
         width, height = replica["size"]
         return width, height
 
+    @property
+    def model_identity(self) -> str:
+        replica = self.ready_replica()
+        return replica["model_identity"] if replica else ""
+
     def unavailable(self) -> ServiceError | None:
         """Why no try-on can be served at all (no replica ready yet, or all failed), or None."""
         state = self.state
         if state == "loading":
             return ModelsLoadingError("no try-on replica is ready yet")
         if state == "error":
-            reason = next(r["error"] for r in self.replicas if r["error"]) or "unknown error"
-            return ModelLoadFailedError(reason)
+            reason = next((r["error"] for r in self.replicas if r["error"]), "unknown error")
+            return ModelLoadFailedError(reason or "unknown error")
         return None
 
-    def check_accepting(self) -> None:
+    def check_accepting(self, door: Door = "sync") -> None:
         if (reason := self.unavailable()) is not None:
             raise reason
+        if door == "job" and len(self._waiting_jobs) >= self.max_queued_jobs:
+            raise GPUBusyError(f"{len(self._waiting_jobs)} jobs are already queued")
 
     @contextmanager
-    def admission(self) -> Iterator[None]:
-        """Refuse before a byte is read when no replica can serve. The queue bound itself is
-        Serve's `max_queued_requests`, checked when `run` hands the job over."""
-        self.check_accepting()
+    def admission(self, door: Door = "sync") -> Iterator[None]:
+        """Refuse before a byte is read when no replica can serve (or, for a job, when this
+        ingress's job queue is full). The synchronous bound is Serve's, checked by `run`."""
+        self.check_accepting(door)
         yield
+
+    # -- the synchronous door --------------------------------------------------------------------
 
     async def run(
         self, job: TryOnJob, *, disconnected: Callable[[], Awaitable[Any]]
     ) -> TryOnOutcome:
         """Hand `job` to a free try-on replica (Serve picks it), wait for the outcome.
 
-        A client that goes away cancels the call (a queued job never reaches a replica). Raises
-        GPUBusyError past the queue bound, WorkerStoppedError when the replica died mid-call, and
+        Raises GPUBusyError past the queue bound, WorkerStoppedError when the replica died, and
         what the replica's worker raised (GPUOutOfMemoryError, InvalidInputError, ...).
         """
         self.check_accepting()
         self._in_flight += 1
         response = self._try_on.infer.remote(job)
-        outcome = asyncio.ensure_future(unwrap(response))
+        outcome = asyncio.ensure_future(self._answer(response))
         watcher = asyncio.ensure_future(disconnected())
         try:
             await asyncio.wait({outcome, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if not outcome.done():
-                response.cancel()
-                outcome.cancel()
                 raise ClientDisconnectedError("the client disconnected while its try-on waited")
             return outcome.result()
         finally:
             self._in_flight -= 1
             watcher.cancel()
-            if not outcome.done():  # this request was cancelled (shutdown): so is the call
+            if not outcome.done():  # the client left, or this request was cancelled: so is the call
                 response.cancel()
                 outcome.cancel()
 
+    @staticmethod
+    async def _answer(response: Any) -> TryOnOutcome:
+        try:
+            return await response
+        except BackPressureError as exc:
+            raise GPUBusyError("every try-on replica is busy and the wait queue is full") from exc
+        except Exception as exc:
+            error = unwrap(exc)
+            if isinstance(error, ReplicaStopped):
+                logger.warning("a try-on replica stopped during a request: %s", exc)
+                raise WorkerStoppedError("the try-on replica stopped during the request") from exc
+            raise error from None
 
-async def unwrap(response: Any) -> TryOnOutcome:
-    """Await a replica's answer; turn Serve's and Ray's failures into the service's errors."""
-    try:
-        return await response
-    except BackPressureError as exc:
-        raise GPUBusyError("every try-on replica is busy and the wait queue is full") from exc
-    except RayTaskError as exc:
-        cause = exc.cause
-        if isinstance(cause, Exception) and not isinstance(cause, RayActorError):
-            raise cause from None  # the replica's own error (503 out of memory, 422, ...)
-        raise WorkerStoppedError("the try-on replica failed during the request") from exc
-    except REPLICA_GONE as exc:
-        logger.warning("a try-on replica stopped during a request: %s", exc)
-        raise WorkerStoppedError("the try-on replica stopped during the request") from exc
+    # -- the job door ----------------------------------------------------------------------------
+
+    def submit(self, job: TryOnJob, listener: WorkListener) -> QueuedWork:
+        """Queue a job here and return at once; it reaches a replica when Serve has room."""
+        if (reason := self.unavailable()) is not None:
+            raise reason
+        loop = asyncio.get_running_loop()
+        work = QueuedWork(
+            job, loop, loop.create_future(), loop.create_future(), door="job", listener=listener
+        )
+        self._waiting_jobs.append(work)
+        work.position = len(self._waiting_jobs) - 1
+        self._job_tasks[work] = loop.create_task(self._drive(work))
+        return work
+
+    def cancel(self, work: QueuedWork) -> bool:
+        """Not yet on a replica: withdrawn (True). Running: the replica stops it at its next step,
+        and its outcome raises InferenceCanceledError (False)."""
+        work.stop.set()
+        task = self._job_tasks.get(work)
+        if task is not None:
+            task.cancel()  # cancels the Serve call: queued, it never runs; running, it stops
+        if work in self._waiting_jobs:
+            self._leave_queue(work)
+            work.refuse(InferenceCanceledError("canceled while queued"))
+            return True
+        if not work.done.done():
+            work.done.set_exception(InferenceCanceledError("canceled while running"))
+        return False
+
+    async def _drive(self, work: QueuedWork) -> None:
+        """Feed the job to Serve (waiting while it is full), stream its progress, settle it."""
+        try:
+            for attempt in range(1, JOB_ATTEMPTS + 1):
+                try:
+                    outcome = await self._stream(work)
+                except ReplicaStopped as exc:
+                    if attempt == JOB_ATTEMPTS:
+                        raise WorkerStoppedError(
+                            "the try-on replica stopped twice during this job"
+                        ) from exc
+                    logger.warning("a try-on replica stopped during a job; running it again")
+                    continue
+                if not work.done.done():
+                    work.done.set_result(outcome)
+                return
+        except asyncio.CancelledError:
+            return  # `cancel` settled the work
+        except Exception as exc:
+            if not work.done.done():
+                work.done.set_exception(exc)
+        finally:
+            self._job_tasks.pop(work, None)
+            if work in self._waiting_jobs:
+                self._leave_queue(work)
+
+    async def _stream(self, work: QueuedWork) -> TryOnOutcome:
+        """One attempt: events until the outcome. Raises ReplicaStopped, the replica's errors."""
+        steps_before = work.steps_done  # a second attempt reports steps past these only
+        while True:
+            response = self._try_on.options(stream=True).infer_job.remote(work.job)
+            try:
+                async for name, *args in response:
+                    if name == "outcome":
+                        return args[0]
+                    self._started(work)
+                    if name == "on_step":
+                        done = args[0]
+                        if done <= steps_before:
+                            continue
+                        work.steps_done = done
+                    if work.listener is not None:
+                        getattr(work.listener, name)(*args)
+            except BackPressureError:
+                await asyncio.sleep(BACKPRESSURE_RETRY_S)  # Serve is full: still queued here
+                continue
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+            except Exception as exc:
+                raise unwrap(exc) from None
+            raise ReplicaStopped("the replica's stream ended without an outcome")
+
+    def _started(self, work: QueuedWork) -> None:
+        if work in self._waiting_jobs:
+            self._leave_queue(work)
+        if not work.started.done():
+            work.started.set_result(None)
+
+    def _leave_queue(self, work: QueuedWork) -> None:
+        index = self._waiting_jobs.index(work)
+        del self._waiting_jobs[index]
+        for position, waiting in enumerate(self._waiting_jobs[index:], start=index):
+            if waiting.listener is not None:
+                waiting.listener.on_queue(position, None)

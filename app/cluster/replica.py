@@ -3,15 +3,19 @@
 Each replica is one `InferenceWorker` (one device owner, models loaded once on its own thread by
 `app.worker.load_models`), so a replica behaves exactly like the single process's worker: Serve's
 `max_ongoing_requests: 1` hands it one try-on at a time, the queue in front of it is Serve's.
+A job's progress streams back to the ingress that submitted it (Serve's streaming call); that
+ingress writes it into the Redis job store, where every ingress replica reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
-import shutil
+from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -19,11 +23,13 @@ from ray import serve
 from app.cluster.redis_client import connect
 from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport
 from app.settings import Settings
-from app.worker import InferenceWorker, TryOnJob, TryOnOutcome, load_models
+from app.work import TryOnJob, TryOnOutcome
+from app.worker import InferenceWorker, Models, ProgressCallback, load_models
 
 logger = logging.getLogger(__name__)
 
 LOAD_POLL_S = 0.1
+ProgressEvent = tuple[Any, ...]  # ("on_stage", stage, eta_s) / ("on_step", done, total, eta_s)
 
 
 async def never() -> None:
@@ -31,19 +37,48 @@ async def never() -> None:
     await asyncio.get_running_loop().create_future()
 
 
+def load_models_locked(settings: Settings, progress: ProgressCallback) -> Models:
+    """`load_models`, one replica of this machine at a time when they share a demo folder:
+    `--demo` rewrites the tiny files at each start, and another replica must not read them then.
+    One folder keeps one model identity (and so one result cache key) for every replica."""
+    if not settings.demo:
+        return load_models(settings, progress)
+    Path(settings.demo_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(settings.demo_dir) / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return load_models(settings, progress)
+
+
+class StreamedProgress:
+    """A job's `WorkListener` inside the replica: each report becomes an event for the ingress.
+
+    The replica's own queue holds at most the job itself, so its queue positions say nothing; the
+    ingress reports positions in front of Serve's queue instead.
+    """
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[ProgressEvent] = asyncio.Queue()
+
+    def on_queue(self, position: int, eta_s: float | None) -> None:
+        pass
+
+    def on_stage(self, stage: str, eta_s: float | None) -> None:
+        self.events.put_nowait(("on_stage", stage, eta_s))
+
+    def on_step(self, done: int, total: int, eta_s: float | None) -> None:
+        self.events.put_nowait(("on_step", done, total, eta_s))
+
+
 class TryOnReplica:
-    """Loads the models once, then serves `infer` calls from the ingress, one at a time."""
+    """Loads the models once, then serves `infer` and `infer_job` calls, one at a time."""
 
     async def __init__(self, options: dict[str, Any]) -> None:
         settings = Settings(**options)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.demo_dir = None
-        if settings.demo:
-            # Replicas on one machine must not write the same tiny files while another reads them.
-            self.demo_dir = settings.demo_dir / f"replica-{self.replica_id}"
-            settings = settings.model_copy(update={"demo_dir": self.demo_dir})
         self.worker = InferenceWorker(
-            partial(load_models, settings), queue_size=1, queue_timeout=settings.queue_timeout
+            partial(load_models_locked, settings),
+            queue_size=1,
+            queue_timeout=settings.queue_timeout,
         )
         self.worker.start()
         assert settings.redis_url, "the cluster needs --redis-url"
@@ -55,8 +90,31 @@ class TryOnReplica:
             await asyncio.sleep(LOAD_POLL_S)
 
     async def infer(self, job: TryOnJob) -> TryOnOutcome:
-        """Run one try-on; raises what `InferenceWorker.run` raises (the ingress maps it)."""
+        """The synchronous door: one try-on; raises what `InferenceWorker.run` raises."""
         return await self.worker.run(job, disconnected=never)
+
+    async def infer_job(self, job: TryOnJob) -> AsyncIterator[ProgressEvent]:
+        """The job door: yields progress events, then ("outcome", TryOnOutcome); raises the
+        worker's errors (InferenceCanceledError when stopped). The ingress cancelling the call
+        stops the pipeline at its next denoising step, as a cancel does in the single process."""
+        progress = StreamedProgress()
+        work = self.worker.submit(job, progress)
+        outcome = asyncio.ensure_future(work.outcome())
+        try:
+            while not outcome.done():
+                event = asyncio.ensure_future(progress.events.get())
+                await asyncio.wait({event, outcome}, return_when=asyncio.FIRST_COMPLETED)
+                if event.done():
+                    yield event.result()
+                else:
+                    event.cancel()
+            while not progress.events.empty():
+                yield progress.events.get_nowait()
+            yield ("outcome", outcome.result())
+        except asyncio.CancelledError:
+            self.worker.cancel(work)
+            outcome.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
 
     def check_health(self) -> None:
         """Serve restarts a replica whose models failed to load (or whose device thread died)."""
@@ -75,6 +133,7 @@ class TryOnReplica:
             size=list(models.pipeline.size) if models else None,
             device=str(models.pipeline.device) if models else None,
             dtype=str(models.pipeline.dtype).removeprefix("torch.") if models else None,
+            model_identity=self.worker.model_identity,
         )
 
     async def report_forever(self) -> None:
@@ -89,5 +148,3 @@ class TryOnReplica:
         """Serve's graceful stop; a killed process leaves its report to expire by itself."""
         self.heartbeat.cancel()
         self.worker.stop()
-        if self.demo_dir is not None:
-            shutil.rmtree(self.demo_dir, ignore_errors=True)
