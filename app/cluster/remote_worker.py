@@ -84,7 +84,7 @@ class RemoteWorker:
         self.started_at = time.monotonic()
         self._in_flight = 0  # synchronous calls handed to Serve, not yet answered
         self._waiting_jobs: list[QueuedWork] = []  # jobs not yet on a replica, in order
-        self._job_tasks: dict[QueuedWork, asyncio.Task[None]] = {}
+        self._job_tasks: dict[int, asyncio.Task[None]] = {}  # by id(work): work is unhashable
         self._watcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -231,17 +231,17 @@ class RemoteWorker:
         )
         self._waiting_jobs.append(work)
         work.position = len(self._waiting_jobs) - 1
-        self._job_tasks[work] = loop.create_task(self._drive(work))
+        self._job_tasks[id(work)] = loop.create_task(self._drive(work))
         return work
 
     def cancel(self, work: QueuedWork) -> bool:
         """Not yet on a replica: withdrawn (True). Running: the replica stops it at its next step,
         and its outcome raises InferenceCanceledError (False)."""
         work.stop.set()
-        task = self._job_tasks.get(work)
+        task = self._job_tasks.get(id(work))
         if task is not None:
             task.cancel()  # cancels the Serve call: queued, it never runs; running, it stops
-        if work in self._waiting_jobs:
+        if self._waiting(work):
             self._leave_queue(work)
             work.refuse(InferenceCanceledError("canceled while queued"))
             return True
@@ -271,8 +271,8 @@ class RemoteWorker:
             if not work.done.done():
                 work.done.set_exception(exc)
         finally:
-            self._job_tasks.pop(work, None)
-            if work in self._waiting_jobs:
+            self._job_tasks.pop(id(work), None)
+            if self._waiting(work):
                 self._leave_queue(work)
 
     async def _stream(self, work: QueuedWork) -> TryOnOutcome:
@@ -302,14 +302,17 @@ class RemoteWorker:
                 raise unwrap(exc) from None
             raise ReplicaStopped("the replica's stream ended without an outcome")
 
+    def _waiting(self, work: QueuedWork) -> bool:
+        return any(waiting is work for waiting in self._waiting_jobs)  # identity, not equality
+
     def _started(self, work: QueuedWork) -> None:
-        if work in self._waiting_jobs:
+        if self._waiting(work):
             self._leave_queue(work)
         if not work.started.done():
             work.started.set_result(None)
 
     def _leave_queue(self, work: QueuedWork) -> None:
-        index = self._waiting_jobs.index(work)
+        index = next(i for i, waiting in enumerate(self._waiting_jobs) if waiting is work)
         del self._waiting_jobs[index]
         for position, waiting in enumerate(self._waiting_jobs[index:], start=index):
             if waiting.listener is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -70,3 +71,16 @@ class Cluster:
             self.restarted_redis.terminate()
             self.restarted_redis.wait(30)
             self.restarted_redis = None
+
+
+def wait_for_busy_replica(cluster: Cluster, timeout: float = 60.0) -> dict:
+    """The report (with its process id) of the replica that is running an inference."""
+    deadline = time.monotonic() + timeout
+    client = cluster.redis()
+    while time.monotonic() < deadline:
+        for key in client.scan_iter("catvton:replica:*"):
+            value = client.get(key)
+            if value is not None and (report := json.loads(value))["busy"]:
+                return report
+        time.sleep(0.1)
+    raise TimeoutError("no replica became busy")

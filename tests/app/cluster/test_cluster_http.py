@@ -7,13 +7,11 @@ collects them here with this folder's `tiny_server`, the cluster).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cluster_helpers import QUEUE_BOUND, Cluster
+from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_busy_replica
 from http_helpers import assert_envelope, post_try_on, try_on_parts
 from test_try_on_http import (  # noqa: F401  (collected here, against the cluster)
     test_a_body_that_is_not_multipart_gets_422,
@@ -102,26 +100,4 @@ def test_a_killed_replica_fails_its_request_and_serve_replaces_it(cluster: Clust
         timeout=300,
     )
     assert {replica["id"] for replica in body["replicas"]} - before  # a new replica took its place
-    assert post_try_on(cluster.url, try_on_parts(**FAST)).status_code == 200
-
-
-def wait_for_busy_replica(cluster: Cluster, timeout: float = 60.0) -> dict:
-    """The report (with its process id) of the replica that is running an inference."""
-    deadline = time.monotonic() + timeout
-    client = cluster.redis()
-    while time.monotonic() < deadline:
-        for key in client.scan_iter("catvton:replica:*"):
-            value = client.get(key)
-            if value is not None and (report := json.loads(value))["busy"]:
-                return report
-        time.sleep(0.1)
-    raise TimeoutError("no replica became busy")
-
-
-def test_a_redis_restart_is_reported_and_recovered_from(cluster: Cluster) -> None:
-    folder = cluster.stop_redis()
-    down = cluster.wait_for_health(lambda body: body["redis"] != "ok", timeout=30)
-    assert down["status"] == "ok"  # the replicas are still there; only shared state is not
-    cluster.start_redis(folder)
-    cluster.wait_for_health(lambda body: body["redis"] == "ok", timeout=30)
     assert post_try_on(cluster.url, try_on_parts(**FAST)).status_code == 200

@@ -1,0 +1,137 @@
+"""Jobs on the cluster: the single process's job tests against the cluster's URL, a job read,
+streamed and canceled through another ingress replica than the one that took it, a replica killed
+in the middle of a job, and finished jobs that outlive a Redis restart (persistence)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import httpx
+import pytest
+from cluster_helpers import Cluster, wait_for_busy_replica
+from jobs_helpers import FAST, JOBS, masked_parts, read_events, submit, wait_final, wait_for_job
+from test_jobs_http import (  # noqa: F401  (collected here, against the cluster)
+    test_a_deleted_job_is_forgotten_and_its_result_not_before_it_exists,
+    test_events_stream_each_step_then_end_after_the_final_state,
+    test_idempotency_key_replays_the_job_and_refuses_a_different_body,
+    test_return_mask_answers_the_mask_the_model_used,
+    test_unknown_and_malformed_job_ids_get_404,
+)
+
+from app.cluster.headers import SERVED_BY_HEADER
+
+SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
+ATTEMPTS = 8  # 2 ingress replicas: the chance that all of them go to one is 1 in 2**8
+
+
+@pytest.fixture
+def jobs_server(cluster: Cluster) -> tuple[str, None]:
+    """The job tests' server: the cluster (they only use its URL)."""
+    return cluster.url, None
+
+
+def read_elsewhere(cluster: Cluster, owner: str, job_id: str) -> dict:
+    """The job's document, read through another ingress replica than `owner`."""
+    for _ in range(ATTEMPTS):
+        response = httpx.get(f"{cluster.url}{JOBS}/{job_id}", timeout=10)
+        if response.headers[SERVED_BY_HEADER] != owner:
+            return response.json()
+    raise AssertionError(f"every read went to {owner}")
+
+
+def stream_steps_elsewhere(cluster: Cluster, owner: str, job_id: str, count: int) -> list[dict]:
+    """`count` step events of the job's stream, served by another ingress replica than `owner`."""
+    for _ in range(ATTEMPTS):
+        url = f"{cluster.url}{JOBS}/{job_id}/events"
+        with httpx.stream("GET", url, timeout=60) as stream:
+            if stream.headers[SERVED_BY_HEADER] == owner:
+                continue
+            documents = []
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    documents.append(json.loads(line.removeprefix("data:")))
+                    if len(documents) > count:
+                        return documents[1:]  # after the current document: one per step
+    raise AssertionError(f"every stream went to {owner}")
+
+
+def test_a_job_is_read_streamed_and_canceled_through_another_ingress_replica(
+    cluster: Cluster,
+) -> None:
+    for _ in range(ATTEMPTS):
+        submitted = submit(cluster.url, masked_parts(seed="-1", **SLOW))
+        assert submitted.status_code == 202, submitted.text
+        owner, job_id = submitted.headers[SERVED_BY_HEADER], submitted.json()["jobId"]
+        wait_for_job(cluster.url, job_id, lambda body: body["progress"]["step"] >= 2)
+        assert read_elsewhere(cluster, owner, job_id)["status"] == "running"
+        steps = [
+            body["progress"]["step"] for body in stream_steps_elsewhere(cluster, owner, job_id, 3)
+        ]
+        assert steps == sorted(steps) and len(set(steps)) == 3  # progress of the replica, live
+        canceled = httpx.post(f"{cluster.url}{JOBS}/{job_id}/cancel", timeout=30)
+        final = wait_final(cluster.url, job_id, timeout=60)
+        if canceled.headers[SERVED_BY_HEADER] == owner:
+            continue  # canceled by its own ingress: try again for the cross-replica path
+        assert canceled.status_code == 202 and canceled.json()["cancelRequested"] is True
+        assert final["status"] == "canceled" and final["progress"]["step"] < 100
+        return
+    pytest.fail("every cancel went to the job's own ingress replica")
+
+
+def test_a_queued_job_canceled_through_another_replica_never_runs(cluster: Cluster) -> None:
+    """Both replicas busy: the job waits; a cancel through any ingress ends it at once (200)."""
+    blockers = [submit(cluster.url, masked_parts(seed="-1", **SLOW)).json() for _ in range(2)]
+    for _ in range(ATTEMPTS):
+        submitted = submit(cluster.url, masked_parts(seed="-1", **FAST))
+        owner, job_id = submitted.headers[SERVED_BY_HEADER], submitted.json()["jobId"]
+        canceled = httpx.post(f"{cluster.url}{JOBS}/{job_id}/cancel", timeout=30)
+        if canceled.headers[SERVED_BY_HEADER] == owner:
+            continue
+        assert canceled.status_code == 200, canceled.json()
+        assert canceled.json()["status"] == "canceled"
+        assert canceled.json()["progress"]["step"] == 0
+        break
+    else:
+        pytest.fail("every cancel went to the job's own ingress replica")
+    for blocker in blockers:
+        httpx.delete(f"{cluster.url}{JOBS}/{blocker['jobId']}", timeout=30)
+
+
+def test_a_job_whose_replica_is_killed_finishes_on_the_other(cluster: Cluster) -> None:
+    before = {replica["id"] for replica in cluster.health()["replicas"]}
+    job_id = submit(cluster.url, masked_parts(seed="-1", num_inference_steps="40")).json()["jobId"]
+    running = wait_for_job(cluster.url, job_id, lambda body: body["progress"]["step"] >= 2)
+    victim = wait_for_busy_replica(cluster)
+    os.kill(victim["pid"], signal.SIGKILL)
+    seen = [running]
+    while seen[-1]["status"] not in ("succeeded", "failed", "canceled"):
+        seen.append(wait_for_job(cluster.url, job_id, lambda body: body != seen[-1]))
+    assert seen[-1]["status"] == "succeeded", seen[-1]
+    steps = [body["progress"]["step"] for body in seen]
+    assert steps == sorted(steps)  # the second attempt never reports a step twice
+    cluster.wait_for_health(
+        lambda body: (
+            len(body["replicas"]) == 2
+            and victim["id"] not in {replica["id"] for replica in body["replicas"]}
+            and all(replica["status"] == "ok" for replica in body["replicas"])
+        ),
+        timeout=300,
+    )
+    assert {replica["id"] for replica in cluster.health()["replicas"]} != before
+
+
+def test_finished_jobs_survive_a_redis_restart(cluster: Cluster) -> None:
+    job_id = submit(cluster.url, masked_parts(seed="-1", **FAST)).json()["jobId"]
+    done = wait_final(cluster.url, job_id)
+    image = httpx.get(f"{cluster.url}{done['result']['imageUrl']}", timeout=10).content
+    folder = cluster.stop_redis()
+    down = cluster.wait_for_health(lambda body: body["redis"] != "ok", timeout=30)
+    assert down["status"] == "ok" and down["redis"].startswith("unreachable")
+    cluster.start_redis(folder)
+    cluster.wait_for_health(lambda body: body["redis"] == "ok", timeout=30)
+    assert wait_final(cluster.url, job_id)["status"] == "succeeded"
+    assert httpx.get(f"{cluster.url}{done['result']['imageUrl']}", timeout=10).content == image
+    events = read_events(cluster.url, job_id, timeout=30)
+    assert [body["status"] for _, _, body in events] == ["succeeded"]
