@@ -62,6 +62,10 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$state" --appendonly y
   --save "" --loglevel warning >"$state/redis.log" 2>&1 &
 pids+=($!)
 
+# Every Ray process started below (the HTTP proxy among them) imports `app` from this checkout; the
+# proxy drops Ray's client-controlled headers (app/cluster/headers.py).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=app.cluster.headers:proxy_middlewares
 "$RAY" start --head --block --node-ip-address 127.0.0.1 --port "$ray_port" \
   --ray-client-server-port "$ray_client_port" --dashboard-agent-listen-port "$agent_port" \
   --num-cpus=4 --include-dashboard=false --object-store-memory=500000000 \

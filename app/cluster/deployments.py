@@ -15,7 +15,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from app.cluster import health
-from app.cluster.headers import IngressHeadersMiddleware
+from app.cluster.headers import EdgeHeadersMiddleware
 from app.cluster.redis_client import connect
 from app.cluster.redis_jobs import RedisJobStore
 from app.cluster.redis_results import RedisResultCache
@@ -71,7 +71,7 @@ class Ingress:
         # Cancels and deletes reach the replica that drives the job.
         app.state.jobs = SharedJobRunner(redis, store, worker, cache)
         replica_id = serve.get_replica_context().replica_id.unique_id
-        app.add_middleware(IngressHeadersMiddleware, replica_id=replica_id)  # outermost
+        app.add_middleware(EdgeHeadersMiddleware, served_by=replica_id)  # outermost
         return app
 
 

@@ -1,44 +1,60 @@
-"""Headers at the ingress's edge: Ray's client-controlled ones dropped, the replica named.
+"""Headers at the cluster's edge: Ray's client-controlled ones removed, one request id, the
+answering ingress replica named.
 
-Ray 2.60's proxy lets any client set `x-request-timeout-seconds` (cut its own request short, or
+Ray 2.60's HTTP proxy lets any client set `x-request-timeout-seconds` (cut its request short, or
 lift the server's timeout) and `x-request-disconnect-disabled` (keep its work running after it hung
-up). The proxy reads them before the ingress runs, so the ingress cannot unread them; what it does
-is make them mean nothing: the routes watch the client's connection themselves (a queued try-on of
-a client that left is dropped either way), a job never depends on its submit connection, and these
-headers are removed here so that no code in the app, or any handle call it makes, passes them on.
+up). The proxy reads them before any deployment runs, so they are removed in the proxy itself:
+`proxy_middlewares` is what `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` names on every node (the
+demo sets it; README). The ingress applies the same middleware again, so that without that
+variable the app still never sees them. The proxy also adds its own `X-Request-ID` to each answer
+after the app's: only the app's is kept (the one in the JSON body and the logs).
 
-Every answer names the ingress replica that gave it (`X-Served-By`), for operators reading a trace
-and for the tests that prove a job is read and canceled through another replica than its own.
+The ingress names itself in `X-Served-By`, for operators reading a trace and for the tests that
+prove a job is read and canceled through another replica than its own.
 """
 
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.request_id import REQUEST_ID_HEADER
 
 RAY_CLIENT_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
 SERVED_BY_HEADER = "X-Served-By"
 
 
-class IngressHeadersMiddleware:
+class EdgeHeadersMiddleware:
     """Pure ASGI (streams and SSE pass through untouched)."""
 
-    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+    def __init__(self, app: ASGIApp, served_by: str | None = None) -> None:
         self.app = app
-        self.replica_id = replica_id
+        self.served_by = served_by
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = scope["headers"]
-            if any(name in RAY_CLIENT_HEADERS for name, _ in headers):
-                kept = [(name, value) for name, value in headers if name not in RAY_CLIENT_HEADERS]
-                scope = {**scope, "headers": kept}
-
-            async def send_named(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    MutableHeaders(scope=message)[SERVED_BY_HEADER] = self.replica_id
-                await send(message)
-
-            await self.app(scope, receive, send_named)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        headers = scope["headers"]
+        if any(name in RAY_CLIENT_HEADERS for name, _ in headers):
+            kept = [(name, value) for name, value in headers if name not in RAY_CLIENT_HEADERS]
+            scope = {**scope, "headers": kept}
+
+        async def send_edited(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                request_ids = response_headers.getlist(REQUEST_ID_HEADER)
+                if len(request_ids) > 1:
+                    del response_headers[REQUEST_ID_HEADER]
+                    response_headers[REQUEST_ID_HEADER] = request_ids[0]
+                if self.served_by is not None:
+                    response_headers[SERVED_BY_HEADER] = self.served_by
+            await send(message)
+
+        await self.app(scope, receive, send_edited)
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """For `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=app.cluster.headers:proxy_middlewares`."""
+    return [Middleware(EdgeHeadersMiddleware)]
