@@ -29,6 +29,11 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
+def accepted_request_id(incoming: str) -> str:
+    """The client's id when it is a short plain token, else a new one."""
+    return incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
 class RequestIdMiddleware:
     """Plain ASGI middleware (no BaseHTTPMiddleware, which would buffer and re-wrap the request)."""
 
@@ -41,7 +46,7 @@ class RequestIdMiddleware:
             return
         headers = dict(scope["headers"])
         incoming = headers.get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = accepted_request_id(incoming)
         # Each request runs in its own task, so the value never leaks into another request.
         _request_id.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id

@@ -6,8 +6,9 @@ lift the server's timeout) and `x-request-disconnect-disabled` (keep its work ru
 up). The proxy reads them before any deployment runs, so they are removed in the proxy itself:
 `proxy_middlewares` is what `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` names on every node (the
 demo sets it; README). The ingress applies the same middleware again, so that without that
-variable the app still never sees them. The proxy also adds its own `X-Request-ID` to each answer
-after the app's: only the app's is kept (the one in the JSON body and the logs).
+variable the app still never sees them. The request id is settled here too, by the app's own rule
+(`accepted_request_id`), so the proxy's logs, the replicas' and the answer carry one id; the proxy
+appends its copy of it to each answer, which is dropped.
 
 The ingress names itself in `X-Served-By`, for operators reading a trace and for the tests that
 prove a job is read and canceled through another replica than its own.
@@ -19,10 +20,11 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.request_id import REQUEST_ID_HEADER
+from app.request_id import REQUEST_ID_HEADER, accepted_request_id
 
 RAY_CLIENT_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
 SERVED_BY_HEADER = "X-Served-By"
+REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 
 
 class EdgeHeadersMiddleware:
@@ -36,10 +38,15 @@ class EdgeHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = scope["headers"]
-        if any(name in RAY_CLIENT_HEADERS for name, _ in headers):
-            kept = [(name, value) for name, value in headers if name not in RAY_CLIENT_HEADERS]
-            scope = {**scope, "headers": kept}
+        incoming = ""
+        kept = []
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_KEY:
+                incoming = value.decode("latin-1")
+            elif name not in RAY_CLIENT_HEADERS:
+                kept.append((name, value))
+        kept.append((REQUEST_ID_KEY, accepted_request_id(incoming).encode()))
+        scope = {**scope, "headers": kept}
 
         async def send_edited(message: Message) -> None:
             if message["type"] == "http.response.start":
