@@ -13,10 +13,11 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
+from redis.exceptions import RedisError
 
 from app.cluster import health
 from app.cluster.headers import EdgeHeadersMiddleware
-from app.cluster.redis_client import connect
+from app.cluster.redis_client import answer_redis_down, connect
 from app.cluster.redis_jobs import RedisJobStore
 from app.cluster.redis_results import RedisResultCache
 from app.cluster.registry import ReplicaRegistry
@@ -68,6 +69,7 @@ class Ingress:
             cache=cache,
             health_router=health.router,
         )
+        app.add_exception_handler(RedisError, answer_redis_down)
         # Cancels and deletes reach the replica that drives the job.
         app.state.jobs = SharedJobRunner(redis, store, worker, cache)
         replica_id = serve.get_replica_context().replica_id.unique_id

@@ -11,6 +11,7 @@ import signal
 import httpx
 import pytest
 from cluster_helpers import Cluster, wait_for_busy_replica
+from http_helpers import assert_envelope
 from jobs_helpers import FAST, JOBS, masked_parts, read_events, submit, wait_final, wait_for_job
 from test_jobs_http import (  # noqa: F401  (collected here, against the cluster)
     test_a_deleted_job_is_forgotten_and_its_result_not_before_it_exists,
@@ -129,6 +130,9 @@ def test_finished_jobs_survive_a_redis_restart(cluster: Cluster) -> None:
     folder = cluster.stop_redis()
     down = cluster.wait_for_health(lambda body: body["redis"] != "ok", timeout=30)
     assert down["status"] == "ok" and down["redis"].startswith("unreachable")
+    response = httpx.get(f"{cluster.url}{JOBS}/{job_id}", timeout=60)
+    assert_envelope(response, 503, "storage_unavailable", "try again")
+    assert response.headers["Retry-After"] == "5"
     cluster.start_redis(folder)
     cluster.wait_for_health(lambda body: body["redis"] == "ok", timeout=30)
     assert wait_final(cluster.url, job_id)["status"] == "succeeded"
