@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_busy_replica
 from http_helpers import assert_envelope, post_try_on, try_on_parts
+from jobs_helpers import JOBS, masked_parts, submit, wait_for_job
 from test_try_on_http import (  # noqa: F401  (collected here, against the cluster)
     test_a_body_that_is_not_multipart_gets_422,
     test_a_mask_of_another_shape_than_the_person_gets_422,
@@ -29,6 +32,8 @@ from test_try_on_http import (  # noqa: F401  (collected here, against the clust
 )
 
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
+SLOWER = {"num_inference_steps": "30", "guidance_scale": "1.0"}
+SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
 
 
 def served_per_replica(cluster: Cluster) -> dict[str, int]:
@@ -47,34 +52,43 @@ def test_health_lists_every_replica_and_redis(cluster: Cluster) -> None:
 
 def test_concurrent_requests_are_served_by_both_replicas(cluster: Cluster) -> None:
     before = served_per_replica(cluster)
-    with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda _: post_try_on(cluster.url, try_on_parts(**FAST)), "abcd"))
-    assert [response.status_code for response in responses] == [200] * 4
-    # One try-on per replica at a time: four at once cannot all have run on one of them.
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(lambda _: post_try_on(cluster.url, try_on_parts(**SLOWER)), "ab"))
+    assert [response.status_code for response in responses] == [200, 200]
+    # One try-on per replica at a time: two at once (seconds each) run on one replica each.
     after = cluster.wait_for_health(
         lambda body: (
-            sum(r["inferences_served"] for r in body["replicas"]) >= sum(before.values()) + 4
+            sum(r["inferences_served"] for r in body["replicas"]) >= sum(before.values()) + 2
         )
     )
     counts = {replica["id"]: replica["inferences_served"] for replica in after["replicas"]}
-    assert all(counts[replica_id] > before.get(replica_id, 0) for replica_id in counts), counts
+    assert all(counts[replica_id] == before[replica_id] + 1 for replica_id in counts), counts
 
 
 def test_a_burst_past_the_bound_gets_the_busy_envelope_and_the_rest_succeed(
     cluster: Cluster,
 ) -> None:
-    # At most 2 running + QUEUE_BOUND waiting per ingress replica: 12 at once overflow.
-    with ThreadPoolExecutor(12) as pool:
-        responses = list(
-            pool.map(lambda _: post_try_on(cluster.url, try_on_parts(**FAST)), range(12))
-        )
+    # Both replicas busy with a long job each: at most QUEUE_BOUND requests may wait per ingress
+    # replica, so of 8 at once at least 8 - 2 * QUEUE_BOUND are refused at once.
+    jobs = [submit(cluster.url, masked_parts(seed="-1", **SLOW)).json()["jobId"] for _ in "ab"]
+    for job_id in jobs:
+        wait_for_job(cluster.url, job_id, lambda body: body["status"] == "running")
+    with ThreadPoolExecutor(8) as pool:
+        pending = [pool.submit(post_try_on, cluster.url, try_on_parts(**FAST)) for _ in range(8)]
+        refused = 8 - 2 * QUEUE_BOUND
+        deadline = time.monotonic() + 120
+        while sum(future.done() for future in pending) < refused and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for job_id in jobs:  # the replicas are free again: the waiting requests run
+            httpx.delete(f"{cluster.url}{JOBS}/{job_id}", timeout=30)
+        responses = [future.result() for future in pending]
     busy = [response for response in responses if response.status_code == 503]
-    assert busy, [response.status_code for response in responses]
-    assert len(busy) >= 12 - 2 * (2 + QUEUE_BOUND) - 2  # a few may slip in as others finish
+    assert len(busy) >= refused, [response.status_code for response in responses]
     for response in busy:
         assert_envelope(response, 503, "gpu_busy", "GPU is busy processing another request")
         assert int(response.headers["Retry-After"]) > 0
-    assert all(response.status_code in (200, 503) for response in responses)
+    statuses = [response.status_code for response in responses if response.status_code != 503]
+    assert statuses == [200] * len(statuses)
 
 
 def test_rays_client_headers_change_nothing(cluster: Cluster) -> None:

@@ -136,6 +136,7 @@ def test_finished_jobs_survive_a_redis_restart(cluster: Cluster) -> None:
     cluster.start_redis(folder)
     cluster.wait_for_health(lambda body: body["redis"] == "ok", timeout=30)
     assert wait_final(cluster.url, job_id)["status"] == "succeeded"
-    assert httpx.get(f"{cluster.url}{done['result']['imageUrl']}", timeout=10).content == image
+    again = httpx.get(f"{cluster.url}{done['result']['imageUrl']}", timeout=10)
+    assert again.content == image, again.text[:300]
     events = read_events(cluster.url, job_id, timeout=30)
     assert [body["status"] for _, _, body in events] == ["succeeded"]
