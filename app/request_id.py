@@ -29,6 +29,11 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
+def bind_request_id(request_id: str | None) -> None:
+    """Carry a request's id into work done for it elsewhere (a try-on replica's logs)."""
+    _request_id.set(request_id)
+
+
 def accepted_request_id(incoming: str) -> str:
     """The client's id when it is a short plain token, else a new one."""
     return incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex

@@ -8,6 +8,10 @@ import logging
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.errors import error_response
 
@@ -16,6 +20,7 @@ logger = logging.getLogger(__name__)
 # A Redis that is down must not stall a request (or /health) for long: fail fast, and let the
 # connection pool reconnect by itself on the next command once the server is back.
 SOCKET_TIMEOUT_S = 2.0
+RETRIES = 2
 
 
 def connect(url: str) -> Redis:
@@ -24,6 +29,10 @@ def connect(url: str) -> Redis:
         url,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
+        # After a Redis restart every pooled connection is dead: each command (and each pub/sub
+        # subscription) retries on a fresh one instead of failing once per stale connection.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=10,
     )
 

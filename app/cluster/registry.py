@@ -27,6 +27,7 @@ class ReplicaReport(TypedDict):
     error: str | None
     inferences_served: int
     busy: bool  # an inference is running
+    request_id: str | None  # the request (or job's submit) it runs for
     pid: int  # the replica's process, for operators (and the test that kills one)
     size: list[int] | None  # working size (width, height) once loaded
     device: str | None

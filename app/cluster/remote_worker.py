@@ -37,6 +37,7 @@ from app.errors import (
     ServiceError,
     WorkerStoppedError,
 )
+from app.request_id import current_request_id
 from app.work import Door, QueuedWork, TryOnJob, TryOnOutcome, WorkListener
 from catvton.errors import InferenceCanceledError
 
@@ -191,7 +192,7 @@ class RemoteWorker:
         """
         self.check_accepting()
         self._in_flight += 1
-        response = self._try_on.infer.remote(job)
+        response = self._try_on.infer.remote(job, current_request_id())
         outcome = asyncio.ensure_future(self._answer(response))
         watcher = asyncio.ensure_future(disconnected())
         try:
@@ -279,7 +280,8 @@ class RemoteWorker:
         """One attempt: events until the outcome. Raises ReplicaStopped, the replica's errors."""
         steps_before = work.steps_done  # a second attempt reports steps past these only
         while True:
-            response = self._try_on.options(stream=True).infer_job.remote(work.job)
+            call = self._try_on.options(stream=True).infer_job
+            response = call.remote(work.job, current_request_id())  # the submit's id
             try:
                 async for name, *args in response:
                     if name == "outcome":

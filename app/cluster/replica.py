@@ -13,7 +13,8 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ray import serve
 
 from app.cluster.redis_client import connect
 from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport
+from app.request_id import bind_request_id
 from app.settings import Settings
 from app.work import TryOnJob, TryOnOutcome
 from app.worker import InferenceWorker, Models, ProgressCallback, load_models
@@ -81,6 +83,7 @@ class TryOnReplica:
             queue_timeout=settings.queue_timeout,
         )
         self.worker.start()
+        self.request_id: str | None = None  # of the try-on this replica runs
         assert settings.redis_url, "the cluster needs --redis-url"
         self.registry = ReplicaRegistry(connect(settings.redis_url))
         self.heartbeat = asyncio.create_task(self.report_forever())
@@ -89,14 +92,32 @@ class TryOnReplica:
         while self.worker.state == "loading":
             await asyncio.sleep(LOAD_POLL_S)
 
-    async def infer(self, job: TryOnJob) -> TryOnOutcome:
-        """The synchronous door: one try-on; raises what `InferenceWorker.run` raises."""
-        return await self.worker.run(job, disconnected=never)
+    async def infer(self, job: TryOnJob, request_id: str | None) -> TryOnOutcome:
+        """The synchronous door: one try-on; raises what `InferenceWorker.run` raises.
+        `request_id` (the ingress's) tags this replica's log lines and its report."""
+        with self.serving(request_id):
+            return await self.worker.run(job, disconnected=never)
 
-    async def infer_job(self, job: TryOnJob) -> AsyncIterator[ProgressEvent]:
+    async def infer_job(
+        self, job: TryOnJob, request_id: str | None
+    ) -> AsyncIterator[ProgressEvent]:
         """The job door: yields progress events, then ("outcome", TryOnOutcome); raises the
         worker's errors (InferenceCanceledError when stopped). The ingress cancelling the call
         stops the pipeline at its next denoising step, as a cancel does in the single process."""
+        with self.serving(request_id):
+            async for event in self.run_job(job):
+                yield event
+
+    @contextmanager
+    def serving(self, request_id: str | None) -> Iterator[None]:
+        bind_request_id(request_id)
+        self.request_id = request_id
+        try:
+            yield
+        finally:
+            self.request_id = None
+
+    async def run_job(self, job: TryOnJob) -> AsyncIterator[ProgressEvent]:
         progress = StreamedProgress()
         work = self.worker.submit(job, progress)
         outcome = asyncio.ensure_future(work.outcome())
@@ -129,6 +150,7 @@ class TryOnReplica:
             error=self.worker.error,
             inferences_served=self.worker.inferences_served,
             busy=self.worker.busy,
+            request_id=self.request_id,
             pid=os.getpid(),
             size=list(models.pipeline.size) if models else None,
             device=str(models.pipeline.device) if models else None,

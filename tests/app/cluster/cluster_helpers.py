@@ -73,14 +73,14 @@ class Cluster:
             self.restarted_redis = None
 
 
-def wait_for_busy_replica(cluster: Cluster, timeout: float = 60.0) -> dict:
-    """The report (with its process id) of the replica that is running an inference."""
+def wait_for_replica_running(cluster: Cluster, request_id: str, timeout: float = 60.0) -> dict:
+    """The report (with its process id) of the replica running the work of `request_id`."""
     deadline = time.monotonic() + timeout
     client = cluster.redis()
     while time.monotonic() < deadline:
         for key in client.scan_iter("catvton:replica:*"):
             value = client.get(key)
-            if value is not None and (report := json.loads(value))["busy"]:
+            if value is not None and (report := json.loads(value))["request_id"] == request_id:
                 return report
         time.sleep(0.1)
-    raise TimeoutError("no replica became busy")
+    raise TimeoutError(f"no replica reported running {request_id}")

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_busy_replica
+from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_replica_running
 from http_helpers import assert_envelope, post_try_on, try_on_parts
 from jobs_helpers import JOBS, masked_parts, submit, wait_for_job
 from test_try_on_http import (  # noqa: F401  (collected here, against the cluster)
@@ -102,8 +102,9 @@ def test_rays_client_headers_change_nothing(cluster: Cluster) -> None:
 def test_a_killed_replica_fails_its_request_and_serve_replaces_it(cluster: Cluster) -> None:
     before = {replica["id"] for replica in cluster.health()["replicas"]}
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(post_try_on, cluster.url, try_on_parts(num_inference_steps="60"))
-        victim = wait_for_busy_replica(cluster)
+        parts, headers = try_on_parts(num_inference_steps="60"), {"X-Request-ID": "doomed-1"}
+        pending = pool.submit(post_try_on, cluster.url, parts, headers)
+        victim = wait_for_replica_running(cluster, "doomed-1")
         os.kill(victim["pid"], signal.SIGKILL)
         response = pending.result()
     assert_envelope(response, 503, "worker_stopped", "stopped")

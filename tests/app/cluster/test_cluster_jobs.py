@@ -10,7 +10,7 @@ import signal
 
 import httpx
 import pytest
-from cluster_helpers import Cluster, wait_for_busy_replica
+from cluster_helpers import Cluster, wait_for_replica_running
 from http_helpers import assert_envelope
 from jobs_helpers import FAST, JOBS, masked_parts, read_events, submit, wait_final, wait_for_job
 from test_jobs_http import (  # noqa: F401  (collected here, against the cluster)
@@ -104,7 +104,7 @@ def test_a_job_whose_replica_is_killed_finishes_on_the_other(cluster: Cluster) -
     before = {replica["id"] for replica in cluster.health()["replicas"]}
     job_id = submit(cluster.url, masked_parts(seed="-1", num_inference_steps="40")).json()["jobId"]
     running = wait_for_job(cluster.url, job_id, lambda body: body["progress"]["step"] >= 2)
-    victim = wait_for_busy_replica(cluster)
+    victim = wait_for_replica_running(cluster, running["requestId"])
     os.kill(victim["pid"], signal.SIGKILL)
     seen = [running]
     while seen[-1]["status"] not in ("succeeded", "failed", "canceled"):
