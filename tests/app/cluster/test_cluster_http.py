@@ -31,6 +31,8 @@ from test_try_on_http import (  # noqa: F401  (collected here, against the clust
     test_wrong_method_uses_the_envelope_and_keeps_allow,
 )
 
+from app.cluster.registry import HEARTBEAT_S
+
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 SLOWER = {"num_inference_steps": "30", "guidance_scale": "1.0"}
 SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
@@ -51,6 +53,8 @@ def test_health_lists_every_replica_and_redis(cluster: Cluster) -> None:
 
 
 def test_concurrent_requests_are_served_by_both_replicas(cluster: Cluster) -> None:
+    cluster.wait_for_health(lambda body: not body["busy"])  # earlier tests' work is done...
+    time.sleep(2 * HEARTBEAT_S)  # ...and reported
     before = served_per_replica(cluster)
     with ThreadPoolExecutor(2) as pool:
         responses = list(pool.map(lambda _: post_try_on(cluster.url, try_on_parts(**SLOWER)), "ab"))
@@ -62,7 +66,7 @@ def test_concurrent_requests_are_served_by_both_replicas(cluster: Cluster) -> No
         )
     )
     counts = {replica["id"]: replica["inferences_served"] for replica in after["replicas"]}
-    assert all(counts[replica_id] == before[replica_id] + 1 for replica_id in counts), counts
+    assert all(counts[replica_id] > before[replica_id] for replica_id in counts), (before, counts)
 
 
 def test_a_burst_past_the_bound_gets_the_busy_envelope_and_the_rest_succeed(
