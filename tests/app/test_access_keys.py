@@ -43,7 +43,10 @@ def test_plain_and_hashed_keys_with_comments_crlf_and_a_bom() -> None:
         ("# only a comment\n\n", "no keys"),
         (f"alice {ALICE_KEY}\nbob\n", "line 2: expected 'NAME KEY'"),
         (f"alice {ALICE_KEY} extra\n", "line 1: expected 'NAME KEY'"),
-        (f"alice {ALICE_KEY}\nalice {BOB_KEY}\n", "line 2: the name 'alice' is already used on line 1"),
+        (
+            f"alice {ALICE_KEY}\nalice {BOB_KEY}\n",
+            "line 2: the name 'alice' is already used on line 1",
+        ),
         (f"alice {ALICE_KEY}\nbob {ALICE_KEY}\n", "line 2: the same key as 'alice'"),
         (f"alice {ALICE_KEY}\nbob sha256:{sha256_hex(ALICE_KEY)}\n", "the same key as 'alice'"),
         ("alice short\n", "line 1: a key has 16..256 characters"),
