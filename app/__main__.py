@@ -50,16 +50,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"python -m app: {describe_settings_errors(exc)}") from None
     except SettingsError as exc:  # a CATVTON_* value pydantic-settings could not even parse
         raise SystemExit(f"python -m app: {exc}") from None
+    try:
+        app = create_app(settings)  # reads --api-keys-file: refuse a bad one before anything runs
+    except KeysFileError as exc:
+        raise SystemExit(f"python -m app: --api-keys-file: {exc}") from None
     configure_logging(settings.log_level)
     if settings.demo:
         logger.warning("=" * 72)
         logger.warning("DEMO MODE: serving tiny RANDOM weights from %s", settings.demo_dir)
         logger.warning("The API behaves as in production, but every result image is noise.")
         logger.warning("=" * 72)
-    try:
-        app = create_app(settings)
-    except KeysFileError as exc:
-        raise SystemExit(f"python -m app: --api-keys-file: {exc}") from None
     warn_if_open(settings.host, keys_configured=settings.api_keys_file is not None)
     logger.info("listening on http://%s:%d (docs at /docs)", settings.host, settings.port)
     uvicorn.run(
