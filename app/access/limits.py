@@ -88,23 +88,27 @@ class RateLimits:
         )
 
     async def hit(self, client: str) -> RateVerdict:
-        """Count one request of `client` unless an item is exhausted (then nothing is counted)."""
+        """Count one request of `client`; the first exhausted item refuses it, and the items
+        after that one are not counted (a moving window counts nothing it refuses)."""
         key = (LIMIT_NAMESPACE, client)
-        refused = [item for item in self.items if not await self.limiter.test(item, *key)]
-        if not refused:
-            for item in self.items:
-                if not await self.limiter.hit(item, *key):  # lost a race on a shared storage
-                    refused.append(item)
+        refused = None
+        for item in self.items:
+            if not await self.limiter.hit(item, *key):
+                refused = item
+                break
         now = time.time()
-        reset_s, fields = {}, []
+        fields, waits = [], []
         for item in self.items:
             stats = await self.limiter.get_window_stats(item, *key)
-            reset_s[item] = max(1, math.ceil(stats.reset_time - now))
-            fields.append(f'"{policy_name(item)}";r={max(0, stats.remaining)};t={reset_s[item]}')
+            reset_s = max(1, math.ceil(stats.reset_time - now))
+            remaining = max(0, stats.remaining)
+            fields.append(f'"{policy_name(item)}";r={remaining};t={reset_s}')
+            if remaining == 0:
+                waits.append(reset_s)
         headers = {"RateLimit-Policy": self.policy, "RateLimit": ", ".join(fields)}
-        if refused:  # every exhausted item must have room again
-            headers["Retry-After"] = str(max(reset_s[item] for item in refused))
-        return RateVerdict(allowed=not refused, headers=headers)
+        if refused is not None:  # every spent item must have room again
+            headers["Retry-After"] = str(max(waits, default=1))
+        return RateVerdict(allowed=refused is None, headers=headers)
 
 
 @dataclass
