@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from test_jobs_store import Clock, make_record, result_of
 
+from app.access.limits import RateLimits, limits_storage, parse_rate_limit
 from app.cluster.redis_client import connect
 from app.cluster.redis_jobs import RedisJobStore
 from app.cluster.redis_results import RedisResultCache
@@ -186,3 +187,12 @@ async def test_the_result_cache_is_a_byte_bounded_lru_shared_by_replicas(redis: 
     assert await cache.get("huge") is None
     await cache.put("a", result_of(50))
     assert await cache.nbytes() == 250
+
+
+async def test_rate_limits_in_redis_hold_across_replicas(redis: Redis, redis_url: str) -> None:
+    items = parse_rate_limit("3/minute")
+    replicas = [RateLimits(items, limits_storage(redis_url)) for _ in range(2)]
+    verdicts = [await replicas[n % 2].hit("phone-app") for n in range(4)]
+    assert [verdict.allowed for verdict in verdicts] == [True, True, True, False]
+    assert int(verdicts[-1].headers["Retry-After"]) > 0
+    assert (await replicas[1].hit("another-client")).allowed
