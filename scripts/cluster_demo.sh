@@ -30,11 +30,11 @@ for tool in redis-server "$RAY"; do
   }
 done
 
-# Free loopback ports: Ray's GCS (its default, 6379, is Redis' own), its client server and
-# dashboard agent (fixed defaults that a second Ray head on this machine would collide with).
-read -r ray_port ray_client_port agent_port free_redis_port < <("$PYTHON" - <<'PY'
+# Free loopback ports: Ray's GCS (its default, 6379, is Redis' own), its client server, dashboard
+# and dashboard agent (fixed defaults that a second Ray head on this machine would collide with).
+read -r ray_port ray_client_port agent_port dashboard_port free_redis_port < <("$PYTHON" - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for sock in socks:
     sock.bind(("127.0.0.1", 0))
 print(*(sock.getsockname()[1] for sock in socks))
@@ -68,6 +68,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=app.cluster.headers:proxy_middlewares
 "$RAY" start --head --block --node-ip-address 127.0.0.1 --port "$ray_port" \
   --ray-client-server-port "$ray_client_port" --dashboard-agent-listen-port "$agent_port" \
+  --dashboard-port "$dashboard_port" \
   --num-cpus=4 --include-dashboard=false --object-store-memory=500000000 \
   --disable-usage-stats --temp-dir "$state/ray" >"$state/ray.log" 2>&1 &
 pids+=($!)
