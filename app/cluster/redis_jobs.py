@@ -4,7 +4,8 @@ Layout (all under `catvton:`): `job:{id}` the record's JSON, `job:{id}:result` a
 result's bytes (`redis_results`), `jobkey:{sha1(client, key)}` an Idempotency-Key claim, sorted
 sets `jobs` (every record, for the count cap), `jobs:finished` (by expiry time: expiry and
 eviction take the lowest first) and `jobs:tombstones` (forgotten ids, for 410), a byte counter
-`jobs:result-bytes`, and a pub/sub channel `job:{id}:changed` per job for `watch`.
+`jobs:result-bytes`, and a stream `job:{id}:versions` per job holding each version for `watch`
+(every version reaches every watcher, in order, as from the in-memory store).
 
 Steps that must not interleave between replicas run as one server-side script (create with its
 claim, forget) or as a WATCH/MULTI transaction (update, finish). Expiry is lazy and driven by the
@@ -33,7 +34,9 @@ ALL_KEY = PREFIX + "jobs"
 FINISHED_KEY = PREFIX + "jobs:finished"
 TOMBSTONES_KEY = PREFIX + "jobs:tombstones"
 BYTES_KEY = PREFIX + "jobs:result-bytes"
-WATCH_POLL_S = 1.0  # a watcher re-reads at least this often (a message lost in a reconnect)
+WATCH_BLOCK_MS = 1000  # a watcher also re-reads the record this often (a stream lost in a restart)
+VERSIONS_KEPT = 500  # per job: more than the steps and stages of one try-on
+FINAL_VERSIONS_TTL_S = 60  # a final job's versions: for watchers still catching up
 
 # KEYS: record, all, claim (or none). ARGV: id, record JSON, created_at, prefix.
 CREATE_SCRIPT = """
@@ -50,14 +53,14 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {1, ARGV[2]}
 """
 
-# KEYS: record, result, all, finished, bytes, tombstones, channel.
+# KEYS: record, result, all, finished, bytes, tombstones, versions.
 # ARGV: id, tombstone (1/0), now, prefix, max tombstones.
 FORGET_SCRIPT = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local nbytes = redis.call('HGET', KEYS[2], 'nbytes')
 if nbytes then redis.call('DECRBY', KEYS[5], nbytes) end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[7])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 local record = cjson.decode(raw)
@@ -71,7 +74,6 @@ if ARGV[2] == '1' then
   local extra = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[5])
   if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, extra - 1) end
 end
-redis.call('PUBLISH', KEYS[7], 'forgotten')
 return 1
 """
 
@@ -90,8 +92,8 @@ def claim_key(client: str, idempotency_key: str) -> str:
     return f"{PREFIX}jobkey:{digest}"
 
 
-def channel(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:changed"
+def versions_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:versions"
 
 
 class RedisJobStore(JobStore):
@@ -179,22 +181,25 @@ class RedisJobStore(JobStore):
         await self._forget(job_id, tombstone=False)
 
     async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(channel(job_id))  # before the first read: no change slips by
-        try:
-            record = await self.get(job_id)
-            yield record
-            while not record.final:
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=WATCH_POLL_S)
+        stream = versions_key(job_id)
+        newest = await self._redis.xrevrange(stream, count=1)  # before the read: nothing slips by
+        last_id = newest[0][0] if newest else b"0-0"
+        record = await self.get(job_id)
+        yield record
+        while not record.final:
+            read = await self._redis.xread({stream: last_id}, block=WATCH_BLOCK_MS, count=100)
+            entries = read[0][1] if read else []
+            if not entries:  # quiet, or the versions are gone: the record itself says
                 raw = await self._redis.get(record_key(job_id))
                 if raw is None:  # forgotten: the caller sees a last record that is not final
                     return
-                current = JobRecord.model_validate_json(raw)
+                entries = [(last_id, {b"record": raw})]
+            for entry_id, fields in entries:
+                last_id = entry_id
+                current = JobRecord.model_validate_json(fields[b"record"])
                 if current.version > record.version:
                     record = current
                     yield record
-        finally:
-            await pubsub.aclose()
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -223,10 +228,14 @@ class RedisJobStore(JobStore):
                     record = JobRecord.model_validate_json(raw)
                     record = record.model_copy(update={**changes, "version": record.version + 1})
                     pipe.multi()
-                    pipe.set(key, record.model_dump_json())
+                    text = record.model_dump_json()
+                    pipe.set(key, text)
+                    stream = versions_key(job_id)
+                    pipe.xadd(stream, {"record": text}, maxlen=VERSIONS_KEPT, approximate=True)
+                    if record.final:
+                        pipe.expire(stream, FINAL_VERSIONS_TTL_S)
                     if also is not None:
                         also(pipe)
-                    pipe.publish(channel(job_id), record.version)
                     await pipe.execute()
                     return record
                 except WatchError:
@@ -241,7 +250,7 @@ class RedisJobStore(JobStore):
                 FINISHED_KEY,
                 BYTES_KEY,
                 TOMBSTONES_KEY,
-                channel(job_id),
+                versions_key(job_id),
             ],
             args=[job_id, int(tombstone), self._clock(), PREFIX, MAX_TOMBSTONES],
         )
