@@ -23,7 +23,9 @@ from jobs_helpers import (
     JOBS,
     SLOW,
     UNetCalls,
+    counting_unet_calls,
     document,
+    jobs_server,
     masked_parts,
     read_events,
     submit,
@@ -32,29 +34,21 @@ from jobs_helpers import (
 )
 
 from app.request_id import current_request_id
-from app.worker import InferenceWorker, load_models
+from app.worker import InferenceWorker
 
 MAX_QUEUED_JOBS = 3
 
 
 @pytest.fixture(scope="module")
 def queue_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
-    settings = tiny_settings(tiny_weights, queue_size=4, max_queued_jobs=MAX_QUEUED_JOBS)
-    worker = InferenceWorker(
-        partial(load_models, settings), queue_size=4, max_queued_jobs=MAX_QUEUED_JOBS
-    )
-    with serve(settings, worker) as base_url:
-        assert wait_until_ready(base_url)["status"] == "ok"
-        yield base_url, worker
+    with jobs_server(tiny_weights, queue_size=4, max_queued_jobs=MAX_QUEUED_JOBS) as served:
+        yield served
 
 
 @pytest.fixture
 def unet_calls(queue_server: tuple[str, InferenceWorker]) -> Iterator[UNetCalls]:
-    _, worker = queue_server
-    assert worker.models is not None
-    calls = UNetCalls(worker.models.pipeline.unet)
-    yield calls
-    calls.remove()
+    with counting_unet_calls(queue_server[1]) as calls:
+        yield calls
 
 
 def start_blocker(base_url: str) -> dict:
