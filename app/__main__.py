@@ -8,10 +8,12 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliApp, SettingsError
+from uvicorn.server import STARTUP_FAILURE
 
 from app.errors import describe_validation_errors
+from app.lifecycle import DrainingServer
 from app.main import create_app
-from app.request_id import configure_logging
+from app.observe.logs import configure_logging
 from app.settings import Settings
 
 logger = logging.getLogger("app")
@@ -29,22 +31,27 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"python -m app: {describe_validation_errors(exc.errors())}") from None
     except SettingsError as exc:  # a CATVTON_* value pydantic-settings could not even parse
         raise SystemExit(f"python -m app: {exc}") from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.demo:
         logger.warning("=" * 72)
         logger.warning("DEMO MODE: serving tiny RANDOM weights from %s", settings.demo_dir)
         logger.warning("The API behaves as in production, but every result image is noise.")
         logger.warning("=" * 72)
     logger.info("listening on http://%s:%d (docs at /docs)", settings.host, settings.port)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
-        log_config=None,  # keep configure_logging's handler: request ids on uvicorn's lines too
+        log_config=None,  # keep configure_logging's handler: one format, request ids on every line
         log_level=settings.log_level,
-        access_log=False,  # RequestIdMiddleware logs one line per request, with its id
+        access_log=False,  # app.observe's middleware logs one line per request, with its usage
         **SERVER_OPTIONS,
     )
+    server = DrainingServer(config, app.state.worker, drain_timeout=settings.drain_timeout)
+    server.run()
+    if not server.started:  # the port was taken, or the lifespan failed: uvicorn said why
+        raise SystemExit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,18 @@ class GPUBusyError(ServiceError):
         super().__init__(f"GPU is busy processing another request ({detail}); try again shortly.")
 
 
+class ShuttingDownError(ServiceError):
+    """The server is draining (SIGTERM/SIGINT): another instance, or this one restarted, serves."""
+
+    status_code = 503
+    code = "shutting_down"
+    retry_after_s = 10
+
+    def __init__(self, detail: str = "") -> None:
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(f"The server is shutting down{suffix}; try again in a few seconds.")
+
+
 class GPUOutOfMemoryError(ServiceError):
     status_code = 503
     code = "gpu_out_of_memory"
@@ -129,7 +141,11 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
 def error_response(
     request: Request, status_code: int, code: str, message: str, retry_after_s: int | None = None
 ) -> JSONResponse:
-    """The envelope; the request id goes into both body and header, also for crashes."""
+    """The envelope; the request id goes into both body and header, also for crashes.
+
+    The code is also left on `request.state.error_code`, for the usage record and the metrics.
+    """
+    request.state.error_code = code
     request_id = getattr(request.state, "request_id", None) or current_request_id()
     headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
     if retry_after_s is not None:

@@ -12,6 +12,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import install_error_handlers
+from app.observe import routes as observe_routes
+from app.observe.metrics import ServiceMetrics
+from app.observe.middleware import RequestObserver
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import health, try_on
 from app.settings import Settings
@@ -30,6 +33,8 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
             queue_size=settings.queue_size,
             queue_timeout=settings.queue_timeout,
         )
+    metrics = ServiceMetrics(worker)
+    worker.add_listener(metrics.observe_inference)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +56,11 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
     )
     app.state.settings = settings
     app.state.worker = worker
+    app.state.metrics = metrics
+    # Middleware, outermost first: request id -> observer (metrics, usage log) -> access ->
+    # limits -> CORS -> routes. add_middleware puts each new one outside the previous ones, so
+    # they are added innermost first. The observer sits outside access and limits so that what
+    # they refuse (401, 429) is counted and logged too.
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
@@ -58,8 +68,10 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
         allow_headers=["*"],
         expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
     )
+    app.add_middleware(RequestObserver, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response has an id
     install_error_handlers(app)
     app.include_router(try_on.router)
     app.include_router(health.router)
+    app.include_router(observe_routes.router)
     return app
