@@ -11,7 +11,7 @@ from pydantic_settings import CliApp, SettingsError
 from uvicorn.server import STARTUP_FAILURE
 
 from app.errors import describe_validation_errors
-from app.lifecycle import DrainingServer
+from app.lifecycle import DrainingServer, exit_after_serving
 from app.main import create_app
 from app.observe.logs import configure_logging
 from app.settings import Settings
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     server.run()
     if not server.started:  # the port was taken, or the lifespan failed: uvicorn said why
         raise SystemExit(STARTUP_FAILURE)
+    exit_after_serving(app.state.worker)
 
 
 if __name__ == "__main__":

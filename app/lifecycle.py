@@ -41,9 +41,7 @@ class DrainingServer(uvicorn.Server):
         name = signal.Signals(sig).name
         if self._signalled:
             logger.warning("second %s: exiting now, without waiting for the drain", name)
-            for handler in logging.getLogger().handlers:
-                handler.flush()
-            os._exit(128 + sig)
+            exit_now(128 + sig)
         self._signalled = True
         logger.info("%s: draining, up to %g s (again: exit now)", name, self.drain_timeout)
         # Not appended to uvicorn's captured signals: it would raise the signal again at the end
@@ -66,3 +64,17 @@ class DrainingServer(uvicorn.Server):
             )
             self.worker.stop(timeout=0)
         self.should_exit = True
+
+
+def exit_now(code: int) -> None:
+    """Flush the logs and end the process without the interpreter's teardown."""
+    logging.shutdown()
+    os._exit(code)
+
+
+def exit_after_serving(worker: InferenceWorker) -> None:
+    """Return normally, or, if an inference still runs (the drain timed out; its client has been
+    answered), exit 0 at once: tearing the interpreter down under a running torch thread aborts
+    the process ("terminate called without an active exception", status -6)."""
+    if worker.busy:
+        exit_now(0)
