@@ -38,10 +38,15 @@ _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def escape_control_characters(text: str) -> str:
-    r"""`\n` -> `\x0a` (and so on): the text stays on one line, the bytes stay visible."""
+    r"""`\n` -> `\x0a`, U+2028 -> `\u2028`: the text stays on one line, the bytes stay visible."""
     if not _CONTROL_CHARACTERS.search(text):
         return text
-    return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return _CONTROL_CHARACTERS.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class RequestIdLogFilter(logging.Filter):
