@@ -30,3 +30,17 @@ def test_warm_up_runs_before_health_says_ok_and_auto_skips_it_on_the_cpu(
     # Not a user's inference: neither served nor counted.
     assert body["inferences_served"] == 0
     assert 'catvton_inferences_total{outcome="ok"} 0.0' in metrics
+
+
+@pytest.mark.gpu
+def test_auto_warms_up_on_cuda_and_metrics_report_gpu_memory(
+    tiny_weights: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.worker")
+    settings = tiny_settings(tiny_weights, device="cuda", dtype="fp16")
+    with serve(settings) as base_url:
+        assert wait_until_ready(base_url)["status"] == "ok"
+        metrics = httpx.get(f"{base_url}/metrics").text
+    assert any(r.getMessage().startswith("warm-up done in") for r in caplog.records)
+    total = next(line for line in metrics.splitlines() if 'gpu_memory_bytes{kind="total"}' in line)
+    assert float(total.split()[-1]) > 0
