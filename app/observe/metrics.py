@@ -13,17 +13,18 @@ Hooks for the other concerns:
   by the middleware from what the request leaves on its state: the error code that
   `app.errors.error_response` records, and `request.state.usage_cached` (True: hit, False: miss).
   Nothing to call: answer with the error envelope, set `usage_cached` where the cache is consulted.
-- `ServiceMetrics.watch_jobs(counts)`: the job store's `{status: count}` for `catvton_jobs`.
+- `ServiceMetrics.watch_jobs(counts)`: an async callable returning the job store's
+  `{status: count}`, awaited at each scrape for `catvton_jobs` (async: the store may be Redis).
 - `ServiceMetrics.observe_inference(outcome, stage_seconds)`: the worker's listener.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -50,7 +51,7 @@ REJECTION_REASONS = (
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
-JobCounts = Callable[[], Mapping[str, int]]
+JobCounts = Callable[[], Awaitable[Mapping[str, int]]]
 
 
 def gpu_memory_bytes(device: torch.device | None) -> dict[str, int] | None:
@@ -130,20 +131,26 @@ class ServiceMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.jobs = Gauge("catvton_jobs", "Jobs by status", ["status"], registry=self.registry)
         # Known label values start at 0, so rate() and increase() see the first event.
         for outcome in INFERENCE_OUTCOMES:
             self.inferences.labels(outcome)
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
         self._job_counts: JobCounts | None = None
-        self.registry.register(_WorkerStateCollector(worker, self))
+        self.registry.register(_WorkerStateCollector(worker))
 
     def watch_jobs(self, counts: JobCounts) -> None:
-        """Report `counts()` (status -> number of jobs) as `catvton_jobs` at every scrape."""
+        """Report `await counts()` (status -> number of jobs) as `catvton_jobs` at every scrape."""
         self._job_counts = counts
 
-    def job_counts(self) -> Mapping[str, int] | None:
-        return self._job_counts() if self._job_counts is not None else None
+    async def refresh(self) -> None:
+        """Read what only an await can read (the job store) before a scrape renders."""
+        if self._job_counts is not None:
+            counts = await self._job_counts()
+            self.jobs.clear()  # a status no job has any more goes, not stuck at its last value
+            for status, count in counts.items():
+                self.jobs.labels(status).set(count)
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, state: Mapping[str, Any]
@@ -169,11 +176,10 @@ def metrics_of(request: Request) -> ServiceMetrics:
 
 
 class _WorkerStateCollector(Collector):
-    """Gauges read at scrape time from the worker (and the job store, once one is watched)."""
+    """Gauges read from the worker at scrape time: always current, nothing to keep in step."""
 
-    def __init__(self, worker: InferenceWorker, metrics: ServiceMetrics) -> None:
+    def __init__(self, worker: InferenceWorker) -> None:
         self.worker = worker
-        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -191,8 +197,3 @@ class _WorkerStateCollector(Collector):
             for kind, value in memory.items():
                 gpu.add_metric([kind], value)
             yield gpu
-        if (counts := self.metrics.job_counts()) is not None:
-            jobs = GaugeMetricFamily("catvton_jobs", "Jobs by status", labels=["status"])
-            for status, count in counts.items():
-                jobs.add_metric([status], count)
-            yield jobs

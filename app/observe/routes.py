@@ -17,4 +17,6 @@ router = APIRouter(tags=["observe"])
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """Rendered on the event loop: a few dozen series, well under a millisecond."""
-    return Response(generate_latest(metrics_of(request).registry), media_type=CONTENT_TYPE_LATEST)
+    metrics = metrics_of(request)
+    await metrics.refresh()
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

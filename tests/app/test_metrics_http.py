@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import string
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from http_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.observe.metrics import UNMATCHED_ROUTE
+from app.observe.metrics import UNMATCHED_ROUTE, ServiceMetrics
+from app.settings import Settings
 from app.worker import InferenceWorker, load_models
 
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
@@ -139,3 +141,20 @@ def test_draining_answers_health_503_and_counts_the_refused_try_on(tiny_weights:
         changed = delta(before, scrape(base_url))
         assert changed[("catvton_rejected_total", frozenset({("reason", "shutting_down")}))] == 1
         assert changed[requests_key("/api/try-on", "POST", 503)] == 1
+
+
+def test_job_counts_are_read_at_each_scrape_once_a_store_is_watched() -> None:
+    """The hook the job routes use: an async `{status: count}` (the store may be Redis)."""
+    metrics = ServiceMetrics(InferenceWorker(partial(load_models, Settings())))
+    counts = {"queued": 2, "running": 1}
+
+    async def job_counts() -> dict[str, int]:
+        return dict(counts)
+
+    metrics.watch_jobs(job_counts)
+    asyncio.run(metrics.refresh())
+    assert metrics.registry.get_sample_value("catvton_jobs", {"status": "queued"}) == 2
+    counts.pop("queued")
+    asyncio.run(metrics.refresh())
+    assert metrics.registry.get_sample_value("catvton_jobs", {"status": "queued"}) is None
+    assert metrics.registry.get_sample_value("catvton_jobs", {"status": "running"}) == 1
