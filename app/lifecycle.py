@@ -73,8 +73,9 @@ def exit_now(code: int) -> None:
 
 
 def exit_after_serving(worker: InferenceWorker) -> None:
-    """Return normally, or, if an inference still runs (the drain timed out; its client has been
-    answered), exit 0 at once: tearing the interpreter down under a running torch thread aborts
-    the process ("terminate called without an active exception", status -6)."""
-    if worker.busy:
+    """Return normally, or, if the device thread is still at work (an inference past the drain
+    timeout, whose client has been answered, or a load cut short), exit 0 at once: tearing the
+    interpreter down under a running torch thread aborts the process ("terminate called without
+    an active exception", status -6)."""
+    if worker.busy or worker.state == "loading":
         exit_now(0)
