@@ -101,3 +101,17 @@ def test_a_second_signal_exits_at_once(tiny_weights: Path) -> None:
         assert time.monotonic() - second < 3
     assert code == 128 + signal.SIGINT
     assert "second SIGINT: exiting now" in server.output()
+
+
+def test_sigterm_while_the_models_load_exits_0_at_once(tiny_weights: Path) -> None:
+    with app_process(tiny_weights) as server:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # the first answer: still loading, most likely
+            try:
+                status = server.health().json()["status"]
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        server.signal(signal.SIGTERM)
+        assert server.wait_for_exit(30) == 0, server.output()
+    assert status in ("loading", "ok")
