@@ -48,13 +48,14 @@ def test_a_request_id_that_is_not_a_whole_plain_token_is_replaced(incoming: str)
 
 
 LIBRARY_WARNINGS = """
-import logging, sys
+import sys
 sys.path.insert(0, ".")
-import app.main  # imports diffusers and huggingface_hub as the server does
-from app.observe.logs import configure_logging
-configure_logging("info", sys.argv[1])
+# Imported first, as app.main imports them before python -m app configures logging: importing
+# them is what installs their own stderr handlers.
 from huggingface_hub.utils import logging as hf_logging
 from diffusers.utils import logging as diffusers_logging
+from app.observe.logs import configure_logging
+configure_logging("info", sys.argv[1])
 hf_logging.get_logger("huggingface_hub.file_download").warning("hub says: once")
 diffusers_logging.get_logger("diffusers.models").warning("diffusers says: once")
 """
@@ -69,7 +70,7 @@ def test_library_warnings_are_written_once_in_our_format(log_format: str) -> Non
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=True,
     )
     lines = [line for line in run.stderr.splitlines() if "says: once" in line]
