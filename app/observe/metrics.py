@@ -20,7 +20,7 @@ Hooks for the other concerns:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -73,15 +73,25 @@ def route_template(scope: Mapping[str, Any]) -> str:
     """
     route = scope.get("route")
     if route is None:
-        routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
-        for candidate in routes:
-            match, _ = candidate.matches(scope)
-            if match is Match.FULL:
-                route = candidate
-                break
-            if match is Match.PARTIAL and route is None:
-                route = candidate  # e.g. a 405: the path exists, the method does not
+        route = _match(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
     return getattr(route, "path_format", None) or UNMATCHED_ROUTE
+
+
+def _match(routes: Iterable[Any], scope: Mapping[str, Any]) -> Any:
+    """The first fully matching route, else the first partial one (a 405), else None. FastAPI
+    wraps an included router in a route-like object with the router as `original_router`."""
+    partial = None
+    for candidate in routes:
+        match, _ = candidate.matches(scope)
+        if match is Match.NONE:
+            continue
+        included = getattr(candidate, "original_router", None)
+        if included is not None:
+            candidate = _match(included.routes, scope)
+        if match is Match.FULL and candidate is not None:
+            return candidate
+        partial = partial or candidate
+    return partial
 
 
 def method_label(method: str) -> str:

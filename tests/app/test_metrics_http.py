@@ -158,3 +158,25 @@ def test_job_counts_are_read_at_each_scrape_once_a_store_is_watched() -> None:
     asyncio.run(metrics.refresh())
     assert metrics.registry.get_sample_value("catvton_jobs", {"status": "queued"}) is None
     assert metrics.registry.get_sample_value("catvton_jobs", {"status": "running"}) == 1
+
+
+def test_refusals_by_access_control_and_limits_are_counted_by_reason(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    """The observer sits outside access and limits: a 401 or 429 is counted under its route."""
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("phone-app secret-key-0123456789abcdef\n")
+    settings = tiny_settings(tiny_weights, api_keys_file=keys_file, rate_limit="1/minute")
+    with serve(settings) as base_url:
+        wait_until_ready(base_url)
+        before = scrape(base_url)  # loopback: /metrics needs no key
+        assert_envelope(post_try_on(base_url, try_on_parts(**FAST)), 401, "unauthorized", "")
+        key = {"Authorization": "Bearer secret-key-0123456789abcdef"}
+        assert post_try_on(base_url, try_on_parts(**FAST), headers=key).status_code == 200
+        limited = post_try_on(base_url, try_on_parts(**FAST), headers=key)
+        assert_envelope(limited, 429, "rate_limited", "")
+        changed = delta(before, scrape(base_url))
+    for reason in ("unauthorized", "rate_limited"):
+        assert changed[("catvton_rejected_total", frozenset({("reason", reason)}))] == 1
+    assert changed[requests_key("/api/try-on", "POST", 401)] == 1
+    assert changed[requests_key("/api/try-on", "POST", 429)] == 1
