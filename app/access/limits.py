@@ -120,8 +120,10 @@ class ActiveSlot:
     """One unit of a client's active work; released once, by whoever holds it last.
 
     The middleware holds the slot of each work request and releases it when the response is
-    done, unless a job took it over (`hand_over`): a queued job keeps its client's slot until it
-    is final, and the job's code then calls `release`.
+    done, unless a job took it over (`hand_over`) AND the answer was a success: a queued job keeps
+    its client's slot until it is final, and the job's code then calls `release`. A submit that
+    fails after the hand-over (503 queue full, ...) created no job, so the middleware releases
+    the slot then; `release` is idempotent, so nothing is given back twice.
     """
 
     work: ActiveWork
@@ -169,7 +171,8 @@ def take_active_slot(connection: HTTPConnection) -> ActiveSlot | None:
     """For the jobs' submit route: keep this request's active slot for the job's lifetime.
 
     Returns None when `--max-active-per-client` is off. The caller must `release()` the slot
-    when the job is final (succeeded, failed, canceled, or never queued).
+    when the job is final (succeeded, failed, canceled); if the request answers an error instead,
+    the middleware releases it.
     """
     slot: ActiveSlot | None = connection.scope.get("state", {}).get(ACTIVE_SLOT_STATE_KEY)
     return slot.hand_over() if slot is not None else None
@@ -209,10 +212,18 @@ class LimitsMiddleware:
             error.headers = {**headers, **error.headers}
             await send_error(scope, receive, send, error)
             return
+        status = 0
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, with_headers(send, headers))
+            await self.app(scope, receive, with_headers(send_and_watch, headers))
         finally:
-            if slot is not None and not slot.handed_over:
+            if slot is not None and not (slot.handed_over and 200 <= status < 300):
                 slot.release()
 
     def describe(self) -> str:
