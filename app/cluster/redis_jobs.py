@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -179,6 +180,16 @@ class RedisJobStore(JobStore):
     async def delete(self, job_id: str) -> None:
         await self.get(job_id)
         await self._forget(job_id, tombstone=False)
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs kept, by status: every record read at each scrape (bounded by `max_jobs`)."""
+        await self._expire()
+        ids = await self._redis.zrange(ALL_KEY, 0, -1)
+        if not ids:
+            return {}
+        raws = await self._redis.mget([record_key(job_id.decode()) for job_id in ids])
+        statuses = (JobRecord.model_validate_json(raw).status for raw in raws if raw is not None)
+        return dict(Counter(statuses))
 
     async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
         stream = versions_key(job_id)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +32,7 @@ from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport
 from app.errors import (
     ClientDisconnectedError,
     GPUBusyError,
+    GPUOutOfMemoryError,
     ModelLoadFailedError,
     ModelsLoadingError,
     ServiceError,
@@ -39,6 +40,7 @@ from app.errors import (
 )
 from app.request_id import current_request_id
 from app.work import Door, QueuedWork, TryOnJob, TryOnOutcome, WorkListener
+from app.worker import InferenceListener
 from catvton.errors import InferenceCanceledError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,13 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def outcome_name(error: BaseException) -> str:
+    """The `catvton_inferences_total` outcome of a failed try-on."""
+    if isinstance(error, GPUOutOfMemoryError):
+        return "out_of_memory"
+    return "canceled" if isinstance(error, InferenceCanceledError) else "error"
+
+
 class RemoteWorker:
     """Try-on replicas seen as one worker (the `InferenceQueue` surface)."""
 
@@ -88,8 +97,17 @@ class RemoteWorker:
         self._job_tasks: dict[int, asyncio.Task[None]] = {}  # by id(work): work is unhashable
         self._watcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[InferenceListener] = []
 
     # -- lifecycle (the app's lifespan) ----------------------------------------------------------
+
+    def add_listener(self, listener: InferenceListener) -> None:
+        """Hears each inference's outcome as the ingress learns it (its /metrics counts them)."""
+        self._listeners.append(listener)
+
+    def _tell(self, outcome: str, stage_seconds: Mapping[str, float]) -> None:
+        for listener in self._listeners:
+            listener(outcome, stage_seconds)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -140,6 +158,14 @@ class RemoteWorker:
         expose its own queue)."""
         ready = sum(replica["status"] == "ok" for replica in self.replicas)
         return max(0, self._in_flight - ready) + len(self._waiting_jobs)
+
+    @property
+    def models(self) -> ReplicaReport | None:
+        """Not models (they live in the replicas): a ready replica's report, or None. What the
+        single process's readers of `worker.models` test (/metrics' catvton_model_loaded)."""
+        return self.ready_replica()
+
+    device = None  # the devices are the replicas' (their reports name them)
 
     def ready_replica(self) -> ReplicaReport | None:
         return next((replica for replica in self.replicas if replica["status"] == "ok"), None)
@@ -207,18 +233,20 @@ class RemoteWorker:
                 response.cancel()
                 outcome.cancel()
 
-    @staticmethod
-    async def _answer(response: Any) -> TryOnOutcome:
+    async def _answer(self, response: Any) -> TryOnOutcome:
         try:
-            return await response
+            outcome = await response
         except BackPressureError as exc:
             raise GPUBusyError("every try-on replica is busy and the wait queue is full") from exc
         except Exception as exc:
             error = unwrap(exc)
+            self._tell(outcome_name(error), {})
             if isinstance(error, ReplicaStopped):
                 logger.warning("a try-on replica stopped during a request: %s", exc)
                 raise WorkerStoppedError("the try-on replica stopped during the request") from exc
             raise error from None
+        self._tell("ok", outcome.timings)
+        return outcome
 
     # -- the job door ----------------------------------------------------------------------------
 
@@ -263,12 +291,14 @@ class RemoteWorker:
                         ) from exc
                     logger.warning("a try-on replica stopped during a job; running it again")
                     continue
+                self._tell("ok", outcome.timings)
                 if not work.done.done():
                     work.done.set_result(outcome)
                 return
         except asyncio.CancelledError:
             return  # `cancel` settled the work
         except Exception as exc:
+            self._tell(outcome_name(exc), {})
             if not work.done.done():
                 work.done.set_exception(exc)
         finally:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.access.limits import take_active_slot
 from app.clients import client_id
 from app.dependencies import CacheDep, JobsDep, SettingsDep, WorkerDep
 from app.encoding import EncodedResult
@@ -105,7 +106,8 @@ async def submit_job(
         received = await receive_try_on(request, settings, timer)  # the body decides: replay?
         return replay(existing, await received.fingerprint())
 
-    with worker.admission("job"):  # loading, failed, stopping or full: 503 before any byte
+    # `submit` times the whole intake, up to the queued job (scripts/benchmark_jobs.py).
+    with timer("submit"), worker.admission("job"):  # 503 before any byte: loading, full, ...
         received = await receive_try_on(request, settings, timer)
         options = received.options
         request.state.usage_steps = options.num_inference_steps
@@ -117,18 +119,27 @@ async def submit_job(
             fingerprint=await received.fingerprint() if key is not None else None,
         )
         cache_key = await received.cache_key(worker.model_identity) if cache is not None else None
-        request.state.usage_cached = False
-        if cache_key and (result := await cache.get(cache_key)):
-            request.state.usage_cached = True
+        result = await cache.get(cache_key) if cache_key else None
+        if cache_key:  # the cache is consulted: a hit or a miss for the usage record and metrics
+            request.state.usage_cached = result is not None
+        if result is not None:
             stored, created = await jobs.add_cached(record, result, timer=timer)
         else:
             size = worker.size
             # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
             images = await prepare_images(received, size, settings, timer)
-            # 3. Infer and 4. encode: queued; the job runner takes it from here
+            # 3. Infer and 4. encode: queued; the job runner takes it from here. The client's
+            # active-work slot (--max-active-per-client) stays taken until the job is final.
+            slot = take_active_slot(request)
             stored, created = await jobs.submit(
-                record, TryOnJob(images=images, options=options), timer=timer, cache_key=cache_key
+                record,
+                TryOnJob(images=images, options=options),
+                timer=timer,
+                cache_key=cache_key,
+                on_final=slot.release if slot is not None else None,
             )
+            if not created and slot is not None:
+                slot.release()
     if not created:  # the same key sent twice at once: one job
         return replay(stored, record.fingerprint)
     logger.info("job %s submitted (%s)", stored.job_id, stored.status)

@@ -116,6 +116,7 @@ async def test_the_caps_evict_the_oldest_finished_never_an_active_job(redis: Red
         await store.create(make_record(clock))
     assert (await store.get(active.job_id)).status == "queued"
     assert await store.count() == 6
+    assert await store.counts() == {"queued": 6}  # the finished one made room
 
 
 async def test_deleted_jobs_are_forgotten_at_once(redis: Redis) -> None:
