@@ -19,7 +19,7 @@ from ray import serve
 from app.__main__ import parse_settings
 from app.cluster.deployments import build_application
 from app.cluster.settings import ClusterSettings
-from app.request_id import configure_logging
+from app.observe.logs import configure_logging
 
 logger = logging.getLogger("app.cluster")
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(ClusterSettings, argv, prog="python -m app.cluster")
     if not settings.redis_url:
         raise SystemExit("python -m app.cluster: --redis-url is required (shared state)")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
