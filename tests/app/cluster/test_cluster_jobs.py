@@ -27,7 +27,7 @@ ATTEMPTS = 8  # 2 ingress replicas: the chance that all of them go to one is 1 i
 
 
 @pytest.fixture
-def jobs_server(cluster: Cluster) -> tuple[str, None]:
+def served_jobs(cluster: Cluster) -> tuple[str, None]:
     """The job tests' server: the cluster (they only use its URL)."""
     return cluster.url, None
 
