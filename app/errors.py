@@ -29,6 +29,8 @@ class ServiceError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     retry_after_s: ClassVar[int | None] = None
+    # True: the response ends the connection (the rest of a stalled body is never read).
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -100,6 +102,14 @@ class PayloadTooLargeError(ServiceError):
     code = "payload_too_large"
 
 
+class UploadTimeoutError(ServiceError):
+    """The body arrived too slowly; the connection is closed, so its socket is freed too."""
+
+    status_code = 408
+    code = "upload_timeout"
+    closes_connection = True
+
+
 class ClientDisconnectedError(ServiceError):
     """The client went away while its request waited; nobody reads this response (499, as nginx)."""
 
@@ -140,7 +150,10 @@ def error_response(
 
 async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(request, exc.status_code, exc.code, exc.message, exc.retry_after_s)
+    response = error_response(request, exc.status_code, exc.code, exc.message, exc.retry_after_s)
+    if exc.closes_connection:
+        response.headers["Connection"] = "close"  # uvicorn closes the socket after sending
+    return response
 
 
 async def handle_request_validation(request: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import install_error_handlers
+from app.intake import Intake
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import health, try_on
 from app.settings import Settings
@@ -51,6 +52,7 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
     )
     app.state.settings = settings
     app.state.worker = worker
+    app.state.intake = Intake(settings)  # one decode memory budget for every request
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),

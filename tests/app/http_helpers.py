@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 from PIL import Image
 
 from app.__main__ import SERVER_OPTIONS
@@ -24,14 +25,17 @@ TINY_SIZE_TEXT = f"{TINY_SIZE[0]}x{TINY_SIZE[1]}"
 
 
 @contextmanager
-def serve(settings: Settings, worker: InferenceWorker | None = None) -> Iterator[str]:
-    """Run `create_app(settings, worker)` under uvicorn on 127.0.0.1:<free port>; yield its URL."""
+def serve(
+    settings: Settings, worker: InferenceWorker | None = None, app: FastAPI | None = None
+) -> Iterator[str]:
+    """Run `app` (default: `create_app(settings, worker)`) under uvicorn on 127.0.0.1:<free port>;
+    yield its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(settings, worker),
+        app or create_app(settings, worker),
         log_config=None,
         access_log=False,
         lifespan="on",
