@@ -54,7 +54,7 @@ def sniff_format(data: bytes | bytearray) -> str | None:
         return "PNG"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
-    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+    if data[4:8] == b"ftyp" and bytes(data[8:12]) in HEIF_BRANDS:
         return "HEIF"
     return None
 
