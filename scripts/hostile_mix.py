@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import platform
 import socket
@@ -21,10 +23,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
@@ -125,42 +127,49 @@ def hang_up_during_decoding(url: str, payload: bytes) -> str:
     return "hung up"
 
 
+def poll_health(url: str, stop: multiprocessing.synchronize.Event, results: Connection) -> None:
+    """GET /health every 20 ms on one connection until `stop`; send back latencies and failures."""
+    latencies: list[float] = []
+    failures: collections.Counter[str] = collections.Counter()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                client.get("/health")
+                latencies.append(time.perf_counter() - started)
+            except httpx.HTTPError as exc:
+                failures[type(exc).__name__] += 1
+            stop.wait(0.02)
+    results.send((latencies, dict(failures)))
+
+
 class HealthPoller:
-    """GET /health every 20 ms on one connection; latencies in seconds."""
+    """`poll_health` in its own process: the mix's client threads share this process's GIL, and
+    their megabyte copies would show up as /health latency that the server never caused."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self._stop = multiprocessing.Event()
+        self._results, sender = multiprocessing.Pipe(duplex=False)
+        self._process = multiprocessing.Process(target=poll_health, args=(url, self._stop, sender))
         self.latencies: list[float] = []
-        self.failures: collections.Counter[str] = collections.Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    client.get("/health")
-                    self.latencies.append(time.perf_counter() - started)
-                except httpx.HTTPError as exc:
-                    self.failures[type(exc).__name__] += 1
-                self._stop.wait(0.02)
+        self.failures: dict[str, int] = {}
 
     def summary(self) -> str:
         latencies_ms = sorted(latency * 1000 for latency in self.latencies)
         p99 = latencies_ms[int(0.99 * (len(latencies_ms) - 1))]
         return (
             f"{len(latencies_ms)} polls, p50 {statistics.median(latencies_ms):.1f} ms, "
-            f"p99 {p99:.1f} ms, max {latencies_ms[-1]:.1f} ms, failed: {dict(self.failures)}"
+            f"p99 {p99:.1f} ms, max {latencies_ms[-1]:.1f} ms, failed: {self.failures}"
         )
 
     def __enter__(self) -> HealthPoller:
-        self._thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self.latencies, self.failures = self._results.recv()
+        self._process.join()
 
 
 def start_server(port: int, demo_dir: str) -> subprocess.Popen:
