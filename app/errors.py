@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from app.request_id import REQUEST_ID_HEADER, current_request_id
 from catvton.errors import InvalidInputError
@@ -29,12 +30,11 @@ class ServiceError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     retry_after_s: ClassVar[int | None] = None
-    # True: the response ends the connection (the rest of a stalled body is never read).
-    closes_connection: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}  # e.g. WWW-Authenticate, RateLimit fields
 
 
 class ModelsLoadingError(ServiceError):
@@ -107,7 +107,36 @@ class UploadTimeoutError(ServiceError):
 
     status_code = 408
     code = "upload_timeout"
-    closes_connection = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Connection"] = "close"  # uvicorn closes the socket after sending
+
+
+class UnauthorizedError(ServiceError):
+    """No key, or not one of ours: RFC 6750's challenge tells the client to send a Bearer key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, key_sent: bool) -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if key_sent else "Bearer"
+
+
+class RateLimitedError(ServiceError):
+    """Past `--rate-limit`; `headers` carry Retry-After and the RateLimit fields."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class TooManyActiveRequestsError(ServiceError):
+    """Past `--max-active-per-client`: the client's queued and running work must finish first."""
+
+    status_code = 429
+    code = "too_many_active_requests"
+    retry_after_s = 5
 
 
 class ClientDisconnectedError(ServiceError):
@@ -212,9 +241,14 @@ def error_response(
 async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     response = error_response(request, exc.status_code, exc.code, exc.message, exc.retry_after_s)
-    if exc.closes_connection:
-        response.headers["Connection"] = "close"  # uvicorn closes the socket after sending
+    response.headers.update(exc.headers)
     return response
+
+
+async def send_error(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+    """The envelope from pure ASGI middleware that refuses a request before any route runs."""
+    response = await handle_service_error(Request(scope, receive), error)
+    await response(scope, receive, send)
 
 
 async def handle_request_validation(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
-from app.__main__ import SERVER_OPTIONS
+from app.__main__ import server_options
 from app.main import create_app
 from app.settings import Settings
 from app.worker import InferenceWorker
@@ -39,7 +39,7 @@ def serve(
         log_config=None,
         access_log=False,
         lifespan="on",
-        **SERVER_OPTIONS,  # as `python -m app` serves
+        **server_options(settings),  # as `python -m app` serves
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
