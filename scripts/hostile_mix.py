@@ -41,12 +41,12 @@ from hostile_payloads import (  # noqa: E402
     near_boundary_part_data,
     open_post,
     read_response,
+    try_on_parts_with,
 )
-from http_helpers import multipart, try_on_parts  # noqa: E402
+from http_helpers import multipart  # noqa: E402
 
 IDLE_TIMEOUT_S = 5
 UPLOAD_TIMEOUT_S = 15
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 
 
 def free_port() -> int:
@@ -85,12 +85,6 @@ def post(url: str, parts: list, boundary: str = "----RNFormBoundary7MA4YWxk") ->
     return f"{response.status_code} {response.json().get('error', 'ok')}"
 
 
-def with_files(**files: bytes) -> list:
-    parts = try_on_parts(**FAST)
-    named = {name: (name, data, f"{name}.bin", None) for name, data in files.items()}
-    return [named.pop(part[0], part) for part in parts] + list(named.values())
-
-
 def stalled_upload(url: str) -> str:
     """Finding 1: the head and the first boundary, then nothing."""
     connection = open_post(url, "multipart/form-data; boundary=b", 100_000)
@@ -119,7 +113,7 @@ def trickling_upload(url: str) -> str:
 
 def hang_up_during_decoding(url: str, payload: bytes) -> str:
     """Finding 5: a whole request, gone while its 40-megapixel photo decodes."""
-    body, content_type = multipart(with_files(person_image=payload))
+    body, content_type = multipart(try_on_parts_with(person_image=payload))
     connection = open_post(url, content_type, len(body))
     connection.sendall(body)
     time.sleep(1.0)
@@ -222,13 +216,13 @@ def main() -> None:
         "1 stalled upload": stalled_upload,
         "1 trickling upload": trickling_upload,
         "2 junk photo + 40 MP garment and mask": lambda url: post(
-            url, with_files(person_image=corrupt_png(), cloth_image=deep, mask_image=deep)
+            url, try_on_parts_with(person_image=corrupt_png(), cloth_image=deep, mask_image=deep)
         ),
-        "3 JPEG of 20,000 scans": lambda url: post(url, with_files(cloth_image=scan_bomb)),
+        "3 JPEG of 20,000 scans": lambda url: post(url, try_on_parts_with(cloth_image=scan_bomb)),
         "5 hang-up while decoding": lambda url: hang_up_during_decoding(url, deep),
-        "6 boundary of 300 characters": lambda url: post(url, try_on_parts(**FAST), "b" * 300),
+        "6 boundary of 300 characters": lambda url: post(url, try_on_parts_with(), "b" * 300),
         "8 40 MP 16-bit photo and mask": lambda url: post(
-            url, with_files(person_image=deep, mask_image=deep)
+            url, try_on_parts_with(person_image=deep, mask_image=deep)
         ),
         "9 60 MB of near-boundaries": lambda url: post(
             url, [("person_image", near_boundaries, "p.jpg", None)], boundary
@@ -261,7 +255,7 @@ def main() -> None:
             peak_kib = rss_kib(server.pid, "VmHWM")
             legit = httpx.post(
                 f"{url}/api/try-on",
-                content=(form := multipart(try_on_parts(**FAST)))[0],
+                content=(form := multipart(try_on_parts_with()))[0],
                 headers={"Content-Type": form[1]},
                 timeout=300,
             )

@@ -10,6 +10,7 @@ import time
 import zlib
 from urllib.parse import urlsplit
 
+from http_helpers import try_on_parts
 from PIL import Image
 
 
@@ -59,6 +60,13 @@ def near_boundary_part_data(boundary: str, size: int) -> bytes:
     through every one of them in Python (0.23 us a byte: 8 s of event loop for 60 MB)."""
     unit = f"\r\n--{boundary}Q".encode()
     return unit * (size // len(unit))
+
+
+def try_on_parts_with(**files: bytes) -> list:
+    """A valid 10-step request (`try_on_parts`) whose files are replaced or added by `files`."""
+    parts = try_on_parts(num_inference_steps="10", guidance_scale="1.0")
+    named = {name: (name, data, f"{name}.bin", None) for name, data in files.items()}
+    return [named.pop(part[0], part) for part in parts] + list(named.values())
 
 
 def open_post(base_url: str, content_type: str, content_length: int | None) -> socket.socket:

@@ -6,7 +6,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,6 +67,21 @@ def wait_until_ready(base_url: str, timeout: float = 120.0) -> dict:
         if time.monotonic() > deadline:
             raise TimeoutError(f"still loading after {timeout} s: {body}")
         time.sleep(0.05)
+
+
+def health(base_url: str) -> dict:
+    return httpx.get(f"{base_url}/health", timeout=10).json()
+
+
+def wait_for(base_url: str, condition: Callable[[dict], bool], timeout: float = 60.0) -> dict:
+    """Poll /health until `condition(body)` holds; return that body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = health(base_url)
+        if condition(body):
+            return body
+        time.sleep(0.02)
+    raise TimeoutError(f"health never matched: {health(base_url)}")
 
 
 def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:

@@ -28,14 +28,17 @@ from hostile_payloads import (
     near_boundary_part_data,
     open_post,
     read_response,
+    try_on_parts_with,
 )
 from http_helpers import (
     assert_envelope,
+    health,
     multipart,
     post_try_on,
     serve,
     tiny_settings,
     try_on_parts,
+    wait_for,
     wait_until_ready,
 )
 
@@ -43,20 +46,6 @@ from app.main import create_app
 
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 DEEP_SIZE = (5000, 8000)  # 40 megapixels, the default pixel cap
-
-
-def health(base_url: str) -> dict:
-    return httpx.get(f"{base_url}/health", timeout=10).json()
-
-
-def wait_for(base_url: str, condition, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = health(base_url)
-        if condition(body):
-            return body
-        time.sleep(0.02)
-    raise TimeoutError(f"health never matched: {health(base_url)}")
 
 
 def with_thread_pool_probe(app: FastAPI) -> FastAPI:
@@ -83,12 +72,6 @@ def deep_png_bytes() -> bytes:
     return deep_png(DEEP_SIZE)
 
 
-def parts_with(**files: bytes) -> list:
-    parts = try_on_parts(**FAST)
-    named = {name: (name, data, f"{name}.bin", None) for name, data in files.items()}
-    return [named.pop(part[0], part) for part in parts] + list(named.values())
-
-
 # -- 1. slow uploads -------------------------------------------------------------------------------
 
 
@@ -101,7 +84,8 @@ def stall_after_first_boundary(base_url: str) -> object:
 def test_stalled_uploads_get_408_their_connection_closed_and_their_place_back(
     tiny_weights: Path,
 ) -> None:
-    settings = tiny_settings(tiny_weights, upload_idle_timeout=1.0, upload_timeout=3.0)
+    # 4 s of idling allowed: room (on a loaded machine) to see the places taken before they free.
+    settings = tiny_settings(tiny_weights, upload_idle_timeout=4.0, upload_timeout=30.0)
     with serve(settings) as base_url:
         wait_until_ready(base_url)
         stalled = [stall_after_first_boundary(base_url) for _ in range(5)]
@@ -109,11 +93,11 @@ def test_stalled_uploads_get_408_their_connection_closed_and_their_place_back(
         refused = post_try_on(base_url, try_on_parts(**FAST), timeout=10)
         assert_envelope(refused, 503, "gpu_busy", "GPU is busy")  # what the attack achieved
         for connection in stalled:
-            status, raw, closed = read_response(connection, timeout=10)
+            status, raw, closed = read_response(connection, timeout=20)
             assert status == 408, raw
             body = json.loads(raw.partition(b"\r\n\r\n")[2])
             assert body["error"] == "upload_timeout"
-            assert "1 s" in body["message"], body["message"]
+            assert "nothing for 4 s" in body["message"], body["message"]
             assert closed, "the server must close a timed-out upload's connection"
             connection.close()
         wait_for(base_url, lambda body: body["receiving"] == 0, timeout=5)
@@ -148,7 +132,7 @@ def test_a_request_keeps_its_place_until_every_decode_it_started_has_finished(
 ) -> None:
     """A person photo that fails fast must not leave the garment decoding after the 415."""
     response = post_try_on(
-        hostile_server, parts_with(person_image=corrupt_png(), cloth_image=deep_png_bytes)
+        hostile_server, try_on_parts_with(person_image=corrupt_png(), cloth_image=deep_png_bytes)
     )
     assert_envelope(response, 415, "unsupported_image", "person_image")
     in_use = httpx.get(f"{hostile_server}/test/thread-pool", timeout=10).json()["borrowed"]
@@ -162,7 +146,7 @@ def test_a_request_keeps_its_place_until_every_decode_it_started_has_finished(
 def test_a_jpeg_with_thousands_of_scans_gets_415_before_it_is_decoded(hostile_server: str) -> None:
     bomb = many_scan_jpeg((1000, 1000), 3000)  # 40 KB; 17 s of decoding on a 2-core CPU
     started = time.perf_counter()
-    response = post_try_on(hostile_server, parts_with(cloth_image=bomb))
+    response = post_try_on(hostile_server, try_on_parts_with(cloth_image=bomb))
     assert_envelope(response, 415, "unsupported_image", "cloth_image")
     assert "scans" in response.json()["message"]
     assert time.perf_counter() - started < 3
@@ -208,7 +192,7 @@ def test_a_client_that_hangs_up_during_decoding_gets_no_inference(
     hostile_server: str, deep_png_bytes: bytes
 ) -> None:
     served_before = health(hostile_server)["inferences_served"]
-    body, content_type = multipart(parts_with(person_image=deep_png_bytes))
+    body, content_type = multipart(try_on_parts_with(person_image=deep_png_bytes))
     connection = open_post(hostile_server, content_type, len(body))
     connection.sendall(body)
     wait_for(hostile_server, lambda state: state["receiving"] == 1)
@@ -268,7 +252,7 @@ def test_deep_photo_and_mask_within_the_caps_cost_little_more_than_their_pixels(
     hostile_server: str, deep_png_bytes: bytes
 ) -> None:
     """Two 40-megapixel 16-bit RGBA PNGs: 160 MB each decoded; the conversions copied them 4x."""
-    parts = parts_with(person_image=deep_png_bytes, mask_image=deep_png_bytes)
+    parts = try_on_parts_with(person_image=deep_png_bytes, mask_image=deep_png_bytes)
     with PeakRss() as rss:
         response = post_try_on(hostile_server, parts)
     assert response.status_code == 200, response.text
@@ -301,8 +285,10 @@ def test_health_stays_fast_while_bodies_of_near_boundaries_are_parsed(hostile_se
                 client.get("/health")
                 latencies.append(time.perf_counter() - started)
         responses = [post.result() for post in posts]
+    # Before the cap: median 0.27 s, max 2.0 s. The server shares this process's GIL with the
+    # five sending threads, so a single poll may wait on them: the median is the measure.
     assert statistics.median(latencies) < 0.05, latencies
-    assert max(latencies) < 0.25, latencies
+    assert max(latencies) < 1.0, latencies
     for response in responses:
         assert_envelope(response, 422, "invalid_field", "boundaries")
     assert post_try_on(hostile_server, try_on_parts(**FAST)).status_code == 200
