@@ -128,6 +128,7 @@ async def try_on(request: Request, worker: WorkerDep, intake: IntakeDep) -> Resp
             disconnected=partial(wait_for_disconnect, request),
         )
     timer.add_seconds(outcome.timings)
+    request.state.usage_steps = options.num_inference_steps  # for the usage record
 
     # 4. Encode (thread pool): PNG/JPEG/WebP -> base64 -> response
     with timer("encode"):
