@@ -265,7 +265,7 @@ def test_deep_photo_and_mask_within_the_caps_cost_little_more_than_their_pixels(
 
 def test_health_stays_fast_while_bodies_of_near_boundaries_are_parsed(hostile_server: str) -> None:
     boundary = "----RNFormBoundary7MA4YWxk"
-    hostile = near_boundary_part_data(boundary, 3_000_000)
+    hostile = near_boundary_part_data(boundary, 10_000_000)  # 2.3 s of parsing each, before
     body, content_type = multipart([("person_image", hostile, "p.jpg", None)], boundary=boundary)
     latencies: list[float] = []
     with ThreadPoolExecutor(max_workers=5) as pool:
@@ -280,14 +280,14 @@ def test_health_stays_fast_while_bodies_of_near_boundaries_are_parsed(hostile_se
             for _ in range(5)
         ]
         with httpx.Client(base_url=hostile_server, timeout=30) as client:
-            while not all(post.done() for post in posts) or len(latencies) < 5:
+            while not all(post.done() for post in posts) or len(latencies) < 20:
                 started = time.perf_counter()
                 client.get("/health")
                 latencies.append(time.perf_counter() - started)
         responses = [post.result() for post in posts]
-    # Before the cap: median 0.27 s, max 2.0 s. The server shares this process's GIL with the
-    # five sending threads, so a single poll may wait on them: the median is the measure.
-    assert statistics.median(latencies) < 0.05, latencies
+    # Before the cap, with 3 MB bodies: median 0.27 s, max 2.0 s. The server shares this
+    # process's GIL with the five sending threads, so a single poll may wait on them.
+    assert statistics.median(latencies) < 0.1, latencies
     assert max(latencies) < 1.0, latencies
     for response in responses:
         assert_envelope(response, 422, "invalid_field", "boundaries")
