@@ -53,8 +53,11 @@ def _job_errors(*statuses: int) -> dict[int | str, dict]:
     }
 
 
-def valid_job_id(job_id: Annotated[str, Path(description="the jobId of the submit answer")]) -> str:
-    """A malformed id can name no job: 404 without a lookup (never a 422 or 500)."""
+async def valid_job_id(
+    job_id: Annotated[str, Path(description="the jobId of the submit answer")],
+) -> str:
+    """A malformed id can name no job: 404 without a lookup (never a 422 or 500). A coroutine:
+    a plain dependency would run in the thread pool, which uploads may have taken."""
     if not JOB_ID_PATTERN.match(job_id):
         raise JobNotFoundError()
     return job_id
