@@ -82,6 +82,8 @@ class AutoMasker:
                 f"person_image must not be empty; got {person_image.width}x{person_image.height}"
             )
         person_image = person_image.convert("RGB")
+        # SCHP gets BGR, as it was trained: a deliberate deviation from the reference, which feeds
+        # it RGB when handed a PIL image (see `parse_human`).
         person_bgr = np.ascontiguousarray(np.asarray(person_image)[:, :, ::-1])  # (H, W, 3)
 
         # 1. Body parts of the top-scoring person.
