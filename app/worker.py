@@ -80,7 +80,11 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     progress("loading the diffusion pipeline")
     pipeline = load_pipeline(resolved, device=settings.device, dtype=settings.dtype, size=size)
     progress("loading the AutoMasker")
-    masker = load_automasker(resolved.catvton_dir, device=settings.masker_device or pipeline.device)
+    masker = load_automasker(
+        resolved.catvton_dir,
+        device=settings.masker_device or pipeline.device,
+        dtype=settings.masker_dtype,
+    )
     return Models(pipeline=pipeline, masker=masker)
 
 
