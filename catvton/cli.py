@@ -31,6 +31,7 @@ from catvton.weights import (
     ATTENTION_VERSIONS,
     DEFAULT_ATTENTION_VERSION,
     DEFAULT_BASE_MODEL,
+    WEIGHTS_DIR_FLAG,
     WeightSources,
     download_weights,
 )
@@ -106,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_weight_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", type=Path, help="weights folder (python -m catvton download)")
+    parser.add_argument(
+        WEIGHTS_DIR_FLAG,
+        "--weights",  # the CLI's first spelling, kept
+        dest="weights_dir",
+        type=Path,
+        help="weights folder (python -m catvton download); the server's flag has the same name",
+    )
     parser.add_argument("--base-model", help="SD-1.5 inpainting: hub id or folder")
     parser.add_argument("--vae", help="sd-vae-ft-mse: hub id or folder")
     parser.add_argument("--catvton", help="CatVTON: hub id or folder")
@@ -216,7 +223,7 @@ def describe_masker(masker: AutoMasker) -> str:
 
 def weight_sources(args: argparse.Namespace) -> WeightSources:
     return WeightSources(
-        weights_dir=args.weights,
+        weights_dir=args.weights_dir,
         base_model=args.base_model,
         vae=args.vae,
         catvton=args.catvton,
