@@ -114,7 +114,10 @@ class HealthResponse(BaseModel):
     demo: bool = Field(description="true: tiny random weights, images are noise")
     device: str | None
     dtype: str | None
-    size: tuple[int, int] | None = Field(description="working size (width, height)")
+    size: tuple[int, int] | None = Field(
+        description="size of the result images (width, height): the working size; in demo mode "
+        "the production size the tiny model's results are upscaled to"
+    )
     queue_depth: int = Field(description="requests waiting, not counting the one running")
     receiving: int = Field(
         description="requests still uploading or decoding; they count toward queue_capacity"
