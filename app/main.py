@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import install_error_handlers
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
-from app.routes import health, try_on
+from app.routes import docs, health, try_on
 from app.settings import Settings
 from app.worker import InferenceWorker, load_models
 
@@ -48,6 +48,8 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
         "wearing the garment. Weights are CC BY-NC-SA 4.0 (non-commercial).",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by app.routes.docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.worker = worker
@@ -62,4 +64,5 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
     install_error_handlers(app)
     app.include_router(try_on.router)
     app.include_router(health.router)
+    docs.install_docs(app)
     return app
