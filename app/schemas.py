@@ -33,6 +33,9 @@ class TryOnOptions(BaseModel):
     seed: int = Field(42, ge=-1, le=2**32 - 1, description="-1 picks a random seed")
     repaint: bool = Field(False, description="blend the original photo back outside the mask")
     output_format: OutputFormat = Field("png", description="png, jpeg (or jpg) or webp")
+    return_mask: bool = Field(
+        False, description="also answer maskBase64: the PNG mask the model used (white = repainted)"
+    )
 
     @classmethod
     def allowed_values(cls, name: str) -> str | None:
