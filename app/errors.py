@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.request_id import REQUEST_ID_HEADER, current_request_id
+from app.schemas import ErrorResponse
 from catvton.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,26 @@ class IdempotencyKeyReusedError(ServiceError):
             "This Idempotency-Key was already used with a different request body; "
             "use a new key for a new try-on."
         )
+
+
+# For /openapi.json: what each error status means. Every route declares each status it can answer,
+# with the envelope as its body (`error_responses`), so a generated client can read the error.
+ERROR_DESCRIPTIONS = {
+    404: "no such resource",
+    413: "an upload over the byte cap or the pixel cap",
+    415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
+    422: "a missing field, a malformed form or a value out of range",
+    500: "an unexpected error (details in the server log)",
+    503: "models loading or failed to load, GPU busy (Retry-After), GPU out of memory",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` declaring `statuses` with the error envelope (see ERROR_DESCRIPTIONS)."""
+    return {
+        status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }
 
 
 def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import install_error_handlers
+from app.errors import error_responses, install_error_handlers
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import docs, health, try_on
 from app.settings import Settings
@@ -48,6 +48,7 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
         "wearing the garment. Weights are CC BY-NC-SA 4.0 (non-commercial).",
         version="0.1.0",
         lifespan=lifespan,
+        responses=error_responses(500),  # every route: an unexpected error gets the envelope
         docs_url=None,  # served by app.routes.docs, without a CDN
         redoc_url=None,
     )

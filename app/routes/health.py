@@ -44,7 +44,10 @@ def describe(worker: InferenceWorker, demo: bool) -> str:
     return DEMO_NOTE + UPSCALE_NOTE.format(*pipeline_size, *output_size)
 
 
-@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+HEALTH_503 = {"model": HealthResponse, "description": "loading, or loading failed: the same body"}
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: HEALTH_503})
 async def health(worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
     """200 with status "ok" when a try-on can be served; 503 with "loading" or "error" otherwise."""
     models = worker.models

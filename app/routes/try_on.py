@@ -14,9 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import SettingsDep, WorkerDep
 from app.encoding import encode_image
-from app.errors import InvalidFieldError, describe_validation_errors
+from app.errors import InvalidFieldError, describe_validation_errors, error_responses
 from app.intake import FILE_FIELDS, decode_uploads, fit_to_size, receive_upload
-from app.schemas import ErrorResponse, TryOnOptions, TryOnResponse
+from app.schemas import TryOnOptions, TryOnResponse
 from app.worker import TryOnJob
 
 logger = logging.getLogger(__name__)
@@ -40,16 +40,6 @@ TRY_ON_REQUEST_BODY = {
             }
         },
     }
-}
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        413: "an upload over the byte cap or the pixel cap",
-        415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
-        422: "a missing field or a value out of range",
-        500: "an unexpected error (details in the server log)",
-        503: "models loading or failed to load, GPU busy (Retry-After), GPU out of memory",
-    }.items()
 }
 
 
@@ -100,7 +90,7 @@ def parse_options(fields: dict[str, str]) -> TryOnOptions:
 @router.post(
     "/api/try-on",
     response_model=TryOnResponse,
-    responses=ERROR_RESPONSES,
+    responses=error_responses(413, 415, 422, 503),
     openapi_extra=TRY_ON_REQUEST_BODY,
     summary="Dress the person in the garment",
 )
