@@ -36,6 +36,11 @@ def _openapi_url(request: Request) -> str:
     return f"{request.scope.get('root_path', '')}{request.app.openapi_url}"
 
 
+def _on_this_host_only(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = DOCS_POLICY
+    return page
+
+
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
     page = get_swagger_ui_html(
@@ -46,8 +51,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         swagger_favicon_url=_asset(request, "favicon.png"),
         swagger_ui_parameters={"validatorUrl": None},
     )
-    page.headers["Content-Security-Policy"] = DOCS_POLICY
-    return page
+    return _on_this_host_only(page)
 
 
 @router.get("/redoc")
@@ -59,8 +63,7 @@ async def redoc(request: Request) -> HTMLResponse:
         redoc_favicon_url=_asset(request, "favicon.png"),
         with_google_fonts=False,
     )
-    page.headers["Content-Security-Policy"] = DOCS_POLICY
-    return page
+    return _on_this_host_only(page)
 
 
 def install_docs(app: FastAPI) -> None:
