@@ -21,6 +21,9 @@ from app.access.limits import (
     parse_rate_limit,
 )
 from app.errors import error_responses, install_error_handlers
+from app.observe import routes as observe_routes
+from app.observe.metrics import ServiceMetrics
+from app.observe.middleware import RequestObserver
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import docs, health, try_on
 from app.settings import Settings
@@ -40,6 +43,8 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
             queue_size=settings.queue_size,
             queue_timeout=settings.queue_timeout,
         )
+    metrics = ServiceMetrics(worker)
+    worker.add_listener(metrics.observe_inference)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,9 +70,12 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
     )
     app.state.settings = settings
     app.state.worker = worker
-    # Middleware, outermost first: request id -> CORS -> access -> limits -> routes. Each
-    # add_middleware wraps the ones before, so they are added innermost first. CORS sits outside
-    # access so that preflights never need a key and a browser can read a 401's or 429's body.
+    app.state.metrics = metrics
+    # Middleware, outermost first: request id -> observer (metrics, usage log) -> CORS -> access
+    # -> limits -> routes. Each add_middleware wraps the ones before, so they are added innermost
+    # first. CORS sits outside access so that preflights never need a key and a browser can read
+    # a 401's or 429's body; the observer sits outside both so that what they refuse is counted,
+    # timed and logged like any other request.
     rate_limits = RateLimits(parse_rate_limit(settings.rate_limit)) if settings.rate_limit else None
     active = ActiveWork(settings.max_active_per_client) if settings.max_active_per_client else None
     if rate_limits or active:
@@ -81,9 +89,11 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
         allow_headers=["*"],
         expose_headers=[REQUEST_ID_HEADER, "Retry-After", *LIMIT_HEADERS, "WWW-Authenticate"],
     )
+    app.add_middleware(RequestObserver, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response has an id
     install_error_handlers(app)
     app.include_router(try_on.router)
     app.include_router(health.router)
+    app.include_router(observe_routes.router)
     docs.install_docs(app)
     return app

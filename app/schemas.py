@@ -17,7 +17,7 @@ from catvton.masking import CLOTH_TYPE_NAMES, CLOTH_TYPES, parse_cloth_type
 OutputFormat = Literal["png", "jpeg", "webp"]
 # What the form accepts for output_format (in any case): "jpg" is read as "jpeg".
 OUTPUT_FORMAT_NAMES = ("png", "jpeg", "jpg", "webp")
-HealthStatus = Literal["ok", "loading", "error"]
+HealthStatus = Literal["ok", "loading", "error", "draining"]
 
 
 class TryOnOptions(BaseModel):

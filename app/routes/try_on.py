@@ -118,6 +118,7 @@ async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> 
             disconnected=partial(wait_for_disconnect, request),
         )
     timer.add_seconds(outcome.timings)
+    request.state.usage_steps = options.num_inference_steps  # for the usage record
 
     # 4. Encode (thread pool): PNG/JPEG/WebP -> base64 -> response
     with timer("encode"):
