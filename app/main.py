@@ -21,6 +21,7 @@ from app.access.limits import (
     parse_rate_limit,
 )
 from app.errors import error_responses, install_error_handlers
+from app.intake import Intake
 from app.observe import routes as observe_routes
 from app.observe.metrics import ServiceMetrics
 from app.observe.middleware import RequestObserver
@@ -70,6 +71,7 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
     )
     app.state.settings = settings
     app.state.worker = worker
+    app.state.intake = Intake(settings)  # one decode memory budget for every request
     app.state.metrics = metrics
     # Middleware, outermost first: request id -> observer (metrics, usage log) -> CORS -> access
     # -> limits -> routes. Each add_middleware wraps the ones before, so they are added innermost

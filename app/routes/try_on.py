@@ -12,18 +12,18 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import SettingsDep, WorkerDep
+from app.dependencies import IntakeDep, WorkerDep
 from app.encoding import encode_image
 from app.errors import InvalidFieldError, describe_validation_errors, error_responses
-from app.intake import FILE_FIELDS, decode_uploads, fit_to_size, receive_upload
 from app.schemas import TryOnOptions, TryOnResponse
+from app.uploads import FILE_FIELDS
 from app.worker import TryOnJob
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["try-on"])
 
 _FILE_SCHEMA = {"type": "string", "format": "binary"}
-# The body is parsed by `receive_upload` (streamed, capped), so /docs learns its shape from here.
+# The body is parsed by `Intake.receive` (streamed, capped), so /docs learns its shape from here.
 TRY_ON_REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -94,22 +94,22 @@ def parse_options(fields: dict[str, str]) -> TryOnOptions:
     openapi_extra=TRY_ON_REQUEST_BODY,
     summary="Dress the person in the garment",
 )
-async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> Response:
+async def try_on(request: Request, worker: WorkerDep, intake: IntakeDep) -> Response:
     """Multipart in (person_image, cloth_image, optional mask_image and options), JSON out."""
     timer = StageTimer()
     with worker.admission():  # loading, failed or full: 503 before reading megabytes
         with timer("upload"):
-            form = await receive_upload(request, max_file_bytes=settings.max_upload_bytes)
+            form = await intake.receive(request)  # 408 when too slow, 413/422 when malformed
         options = parse_options(form.fields)  # before any decoding: bad options cost nothing
         size = worker.size
 
         # 1. Decode the uploads (thread pool): bytes -> RGB images, or 413/415 naming the field
         with timer("decode"):
-            images = await decode_uploads(form, size=size, max_pixels=settings.max_image_pixels)
+            images = await intake.decode(form, size)
 
         # 2. Preprocess (thread pool): fit to the working size
         with timer("preprocess"):
-            images = await fit_to_size(images, size)
+            images = await intake.fit(images, size)
 
     # 3. Infer (the single device worker): mask unless given -> pipeline -> image
     with timer("infer"):
