@@ -215,6 +215,7 @@ class IdempotencyKeyReusedError(ServiceError):
 ERROR_DESCRIPTIONS = {
     401: "a missing or unknown API key (when the server is started with --api-keys-file)",
     404: "no such resource",
+    408: "the upload arrived too slowly (the connection is closed)",
     413: "an upload over the byte cap or the pixel cap",
     415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
     429: "over the rate limit or the per-client active requests (Retry-After)",

@@ -90,7 +90,7 @@ def parse_options(fields: dict[str, str]) -> TryOnOptions:
 @router.post(
     "/api/try-on",
     response_model=TryOnResponse,
-    responses=error_responses(401, 413, 415, 422, 429, 503),
+    responses=error_responses(401, 408, 413, 415, 422, 429, 503),
     openapi_extra=TRY_ON_REQUEST_BODY,
     summary="Dress the person in the garment",
 )
