@@ -50,7 +50,9 @@ async def health(request: Request, settings: SettingsDep) -> JSONResponse:
         demo=settings.demo,
         device=ready["device"] if ready else settings.device,
         dtype=ready["dtype"] if ready else settings.dtype,
-        size=tuple(ready["size"]) if ready and ready["size"] else settings.working_size,
+        size=tuple(ready["output_size"])
+        if ready and ready["output_size"]
+        else settings.working_size,
         queue_depth=worker.queue_depth,
         receiving=0,
         queue_capacity=worker.queue_capacity,

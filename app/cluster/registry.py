@@ -30,6 +30,7 @@ class ReplicaReport(TypedDict):
     request_id: str | None  # the request (or job's submit) it runs for
     pid: int  # the replica's process, for operators (and the test that kills one)
     size: list[int] | None  # working size (width, height) once loaded
+    output_size: list[int] | None  # of the answers (demo mode: upscaled to the production size)
     device: str | None
     dtype: str | None
     model_identity: str  # weights, precision, device, size: part of the result cache key

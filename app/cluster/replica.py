@@ -153,6 +153,7 @@ class TryOnReplica:
             request_id=self.request_id,
             pid=os.getpid(),
             size=list(models.pipeline.size) if models else None,
+            output_size=list(models.output_size) if models else None,
             device=str(models.pipeline.device) if models else None,
             dtype=str(models.pipeline.dtype).removeprefix("torch.") if models else None,
             model_identity=self.worker.model_identity,

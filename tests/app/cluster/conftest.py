@@ -48,7 +48,7 @@ def cluster() -> Iterator[Cluster]:
     process = subprocess.Popen(
         [str(DEMO_SCRIPT), "--port", str(port), "--replicas", "2", "--redis-port",
          str(redis_port), "--ingress-replicas", "2", "--max-queued-requests", str(QUEUE_BOUND),
-         "--max-upload-mb", "1"],
+         "--max-upload-mb", "1", "--size", "96x128"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     started = threading.Event()
