@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import install_error_handlers
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
-from app.routes import health, try_on
+from app.routes import health, page, try_on
 from app.settings import Settings
 from app.worker import InferenceWorker, load_models
 
@@ -62,4 +62,6 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
     install_error_handlers(app)
     app.include_router(try_on.router)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount(page.STATIC_PATH, page.static_files(), name="static")
     return app

@@ -1,0 +1,632 @@
+// The try-on page: plain JavaScript on the public API only, so it doubles as an example for client
+// authors. Flow: POST /api/try-on/jobs -> follow GET .../events (fetch streaming, because
+// EventSource cannot send an Authorization header) -> poll GET .../{jobId} every second if the
+// stream fails -> GET .../result (and .../mask) as blobs. /health feeds the banner.
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "catvton.apiKey";
+  const POLL_INTERVAL_MS = 1000;
+  const HEALTH_INTERVAL_MS = { loading: 2000, steady: 15000, unreachable: 5000 };
+  // Waiting for a busy GPU or loading models is automatic, but not forever on a forgotten tab.
+  const MAX_AUTOMATIC_RETRIES = 20;
+  const FINAL_STATES = new Set(["succeeded", "failed", "canceled"]);
+  const STAGE_WORDS = {
+    queued: "Waiting in the queue",
+    masking: "Finding the garment area",
+    denoising: "Denoising",
+    decoding: "Decoding the image",
+    encoding: "Encoding the image",
+  };
+  // The API names a form field in its 413/415/422 messages; this maps the name to the control.
+  const FIELD_CONTROLS = {
+    person_image: "person-photo",
+    cloth_image: "garment-photo",
+    cloth_type: "cloth-type",
+    num_inference_steps: "steps",
+    guidance_scale: "guidance",
+    seed: "seed",
+    output_format: "output-format",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const form = $("try-on-form");
+  const submitButton = $("submit");
+  const cancelButton = $("cancel");
+  const progressArea = $("progress-area");
+  const progressBar = $("progress");
+  const stageLine = $("stage");
+  const message = $("message");
+  const banner = $("banner");
+  const keyForm = $("key-form");
+  const keyInput = $("api-key");
+
+  const run = {
+    active: false,
+    controller: null, // aborts the upload, a retry wait, the stream and the polling
+    jobId: null,
+    cancelRequested: false,
+    personUrl: null, // the person photo as sent, the "before" of the comparison
+    waitingForKey: false, // the last attempt got 401: a saved key resubmits
+  };
+  let current = null; // the result on show: {imageUrl, maskUrl, ...} with object URLs
+  let resultCount = 0;
+
+  // ---- the API key (kept in this browser, sent as Authorization: Bearer) -------------------
+
+  function storedKey() {
+    try {
+      return localStorage.getItem(KEY_STORAGE) || "";
+    } catch {
+      return ""; // storage disabled: the key lives only as long as the field's value
+    }
+  }
+
+  function storeKey(key) {
+    try {
+      if (key) localStorage.setItem(KEY_STORAGE, key);
+      else localStorage.removeItem(KEY_STORAGE);
+    } catch {
+      /* storage disabled: nothing to keep */
+    }
+  }
+
+  function currentKey() {
+    return storedKey() || keyInput.value.trim();
+  }
+
+  function withKey(headers = {}) {
+    const key = currentKey();
+    return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+  }
+
+  function askForKey(text) {
+    keyForm.hidden = false;
+    run.waitingForKey = true;
+    showMessage(text || "This server needs an API key: enter it below.", "error");
+    keyInput.focus();
+  }
+
+  keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = keyInput.value.trim();
+    if (!key) {
+      keyInput.focus();
+      return;
+    }
+    storeKey(key);
+    keyInput.value = "";
+    keyInput.placeholder = "saved in this browser";
+    showMessage("Key saved in this browser.", "info");
+    if (run.waitingForKey && !run.active) {
+      run.waitingForKey = false;
+      form.requestSubmit();
+    }
+  });
+
+  $("forget-key").addEventListener("click", () => {
+    storeKey("");
+    keyInput.value = "";
+    keyInput.placeholder = "";
+    showMessage("Key removed from this browser.", "info");
+  });
+
+  // ---- HTTP: the error envelope -> ApiError with the API's own words --------------------------
+
+  class ApiError extends Error {
+    constructor(status, body, retryAfterSeconds) {
+      super(body.message || `The server answered HTTP ${status}.`);
+      this.status = status;
+      this.code = body.error || "";
+      this.retryAfterSeconds = retryAfterSeconds;
+    }
+  }
+
+  async function errorFrom(response) {
+    let body;
+    try {
+      body = await response.json();
+    } catch {
+      body = { message: `The server answered HTTP ${response.status} ${response.statusText}.` };
+    }
+    const retryAfter = Number(response.headers.get("Retry-After"));
+    return new ApiError(response.status, body, retryAfter > 0 ? retryAfter : null);
+  }
+
+  async function request(url, options = {}) {
+    const response = await fetch(url, { ...options, headers: withKey(options.headers) });
+    if (!response.ok) throw await errorFrom(response);
+    return response;
+  }
+
+  function sleep(ms, signal) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(resolve, ms);
+      signal.addEventListener(
+        "abort",
+        () => {
+          clearTimeout(timer);
+          reject(signal.reason);
+        },
+        { once: true },
+      );
+    });
+  }
+
+  function newIdempotencyKey() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16)).join("");
+  }
+
+  // ---- messages and the health banner ----------------------------------------------------------
+
+  function showMessage(text, kind = "error") {
+    // Rewriting an alert region re-announces it: only write what changed.
+    if (message.textContent !== text) message.textContent = text;
+    message.dataset.kind = text ? kind : "";
+  }
+
+  function setBanner(text, kind) {
+    banner.hidden = !text;
+    banner.dataset.kind = kind || "";
+    if (banner.textContent !== text) banner.textContent = text;
+  }
+
+  async function refreshHealth() {
+    let delay = HEALTH_INTERVAL_MS.steady;
+    try {
+      const response = await fetch("/health", { cache: "no-store" });
+      const health = await response.json();
+      if (health.status === "loading") {
+        setBanner(health.message, "loading");
+        delay = HEALTH_INTERVAL_MS.loading;
+      } else if (health.status === "error") {
+        setBanner(`The models failed to load: ${health.error || health.message}`, "error");
+      } else if (health.status !== "ok") {
+        setBanner(health.message, "error"); // e.g. draining before a restart
+        delay = HEALTH_INTERVAL_MS.loading;
+      } else if (health.demo) {
+        setBanner(health.message, "demo");
+      } else {
+        setBanner("", "");
+      }
+    } catch {
+      setBanner("The server cannot be reached; trying again.", "error");
+      delay = HEALTH_INTERVAL_MS.unreachable;
+    }
+    setTimeout(refreshHealth, delay);
+  }
+
+  // ---- photos: pickers, drag and drop, previews --------------------------------------------------
+
+  function setUpPhoto(inputId, previewId, hintId) {
+    const input = $(inputId);
+    const preview = $(previewId);
+    const hint = $(hintId);
+    const zone = input.closest(".drop-zone");
+    const defaultHint = hint.textContent;
+
+    input.addEventListener("change", () => {
+      if (preview.src) URL.revokeObjectURL(preview.src);
+      preview.removeAttribute("src");
+      preview.hidden = true;
+      input.removeAttribute("aria-invalid");
+      const file = input.files[0];
+      hint.textContent = file ? file.name : defaultHint;
+      if (!file) return;
+      preview.src = URL.createObjectURL(file);
+      preview.alt = `Preview of ${file.name}`;
+      preview.hidden = false;
+    });
+    // Most browsers but Safari cannot draw HEIC; the server decodes it all the same.
+    preview.addEventListener("error", () => {
+      if (!preview.getAttribute("src")) return;
+      preview.hidden = true;
+      hint.textContent = `${input.files[0]?.name}: no preview in this browser; the server reads it.`;
+    });
+
+    // The picture area opens the picker on a click too (the keyboard has the input itself).
+    zone.querySelector(".picture").addEventListener("click", () => input.click());
+    zone.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+    zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("dragging");
+      const file = event.dataTransfer.files[0];
+      if (!file) return;
+      const transfer = new DataTransfer();
+      transfer.items.add(file);
+      input.files = transfer.files;
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    });
+  }
+
+  // A photo dropped beside a zone must not replace the page with the image.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  $("random-seed").addEventListener("change", (event) => {
+    $("seed").disabled = event.target.checked;
+  });
+
+  // ---- the form -> multipart fields of POST /api/try-on/jobs ---------------------------------
+
+  function clearInvalid() {
+    for (const control of form.querySelectorAll("[aria-invalid]")) {
+      control.removeAttribute("aria-invalid");
+      control.removeAttribute("aria-errormessage");
+    }
+  }
+
+  function markInvalid(text) {
+    let first = null;
+    for (const [field, id] of Object.entries(FIELD_CONTROLS)) {
+      if (!text.includes(field)) continue;
+      const control = $(id);
+      control.setAttribute("aria-invalid", "true");
+      control.setAttribute("aria-errormessage", "message");
+      first = first || control;
+    }
+    if (!first) return;
+    const options = first.closest("details");
+    if (options) options.open = true;
+    first.focus();
+  }
+
+  function formFields() {
+    const person = $("person-photo").files[0];
+    const garment = $("garment-photo").files[0];
+    if (!person || !garment) {
+      const missing = !person ? "person_image" : "cloth_image";
+      const text = !person ? "Choose a person photo first." : "Choose a garment photo first.";
+      showMessage(`${text} (${missing})`, "error");
+      markInvalid(missing);
+      return null;
+    }
+    const fields = new FormData();
+    fields.append("person_image", person);
+    fields.append("cloth_image", garment);
+    fields.append("cloth_type", $("cloth-type").value);
+    fields.append("num_inference_steps", $("steps").value);
+    fields.append("guidance_scale", $("guidance").value);
+    fields.append("seed", $("random-seed").checked ? "-1" : $("seed").value);
+    fields.append("output_format", $("output-format").value);
+    fields.append("repaint", $("repaint").checked ? "true" : "false");
+    return fields;
+  }
+
+  // ---- a run: submit (retrying while busy) -> follow -> show ----------------------------------
+
+  function setRunning(active) {
+    run.active = active;
+    submitButton.disabled = active;
+    cancelButton.hidden = !active;
+    cancelButton.disabled = false;
+    $("result").setAttribute("aria-busy", String(active));
+    if (active) {
+      progressArea.hidden = false;
+      setProgress(0, "Uploading the photos");
+    } else {
+      run.controller = null;
+      run.jobId = null;
+      run.cancelRequested = false;
+    }
+  }
+
+  function setProgress(fraction, stageText, detail = "") {
+    const percent = Math.round(Math.max(0, Math.min(1, fraction)) * 100);
+    progressBar.setAttribute("aria-valuenow", String(percent));
+    progressBar.setAttribute("aria-valuetext", detail ? `${percent}%, ${detail}` : `${percent}%`);
+    progressBar.style.setProperty("--fraction", String(percent / 100));
+    const text = detail ? `${stageText}: ${detail}` : stageText;
+    if (stageLine.textContent !== text) stageLine.textContent = text;
+  }
+
+  function describeJob(job) {
+    if (job.cancelRequested && !FINAL_STATES.has(job.status)) return ["Canceling", ""];
+    if (job.status === "queued") {
+      const ahead = job.queuePosition;
+      if (ahead === null || ahead === undefined) return [STAGE_WORDS.queued, ""];
+      return [STAGE_WORDS.queued, ahead === 0 ? "next in line" : `${ahead} ahead`];
+    }
+    const words = STAGE_WORDS[job.stage] || "Working";
+    const parts = [];
+    if (job.stage === "denoising" && job.progress) {
+      parts.push(`step ${job.progress.step} of ${job.progress.totalSteps}`);
+    }
+    if (typeof job.etaSeconds === "number") parts.push(`about ${Math.ceil(job.etaSeconds)} s left`);
+    return [words, parts.join(", ")];
+  }
+
+  function showJob(job) {
+    run.jobId = job.jobId;
+    const [words, detail] = describeJob(job);
+    setProgress(job.progress ? job.progress.fraction : 0, words, detail);
+  }
+
+  async function submitJob(fields, signal) {
+    const idempotencyKey = newIdempotencyKey(); // a retried upload never makes a second job
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        const response = await request("/api/try-on/jobs", {
+          method: "POST",
+          body: fields,
+          headers: { "Idempotency-Key": idempotencyKey },
+          signal,
+        });
+        return await response.json();
+      } catch (error) {
+        const retryable = error instanceof ApiError && error.retryAfterSeconds !== null;
+        if (!retryable || attempt >= MAX_AUTOMATIC_RETRIES) throw error;
+        const wait = Math.min(error.retryAfterSeconds, 60);
+        showMessage(`${error.message} Trying again in ${wait} s (Cancel stops it).`, "info");
+        setProgress(0, "Waiting to try again");
+        await sleep(wait * 1000, signal);
+        showMessage("", "");
+      }
+    }
+  }
+
+  // Server-sent events over fetch: `event: job` blocks whose data is the job document.
+  async function streamJob(jobId, signal) {
+    const response = await request(`/api/try-on/jobs/${encodeURIComponent(jobId)}/events`, {
+      headers: { Accept: "text/event-stream" },
+      cache: "no-store",
+      signal,
+    });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let data = [];
+    let eventName = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return null; // ended before a final state: the caller polls
+      buffer += value;
+      // Lines end in \r\n, \n or \r; a \r at the very end may be half of a \r\n.
+      const lines = buffer.split(/\r\n|\n|\r(?!$)/);
+      buffer = lines.pop();
+      for (const line of lines) {
+        if (line === "") {
+          if (data.length && (eventName === "" || eventName === "job")) {
+            const job = JSON.parse(data.join("\n"));
+            showJob(job);
+            if (FINAL_STATES.has(job.status)) {
+              reader.cancel().catch(() => {});
+              return job;
+            }
+          }
+          data = [];
+          eventName = "";
+        } else if (!line.startsWith(":")) {
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const fieldValue = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (field === "data") data.push(fieldValue);
+          else if (field === "event") eventName = fieldValue;
+        }
+      }
+    }
+  }
+
+  async function pollJob(jobId, signal) {
+    for (;;) {
+      try {
+        const response = await request(`/api/try-on/jobs/${encodeURIComponent(jobId)}`, {
+          cache: "no-store",
+          signal,
+        });
+        const job = await response.json();
+        showJob(job);
+        if (FINAL_STATES.has(job.status)) return job;
+      } catch (error) {
+        if (error instanceof ApiError || signal.aborted) throw error;
+        setProgress(0, "Connection lost", "trying again"); // the job goes on without us
+      }
+      await sleep(POLL_INTERVAL_MS, signal);
+    }
+  }
+
+  async function followJob(job, signal) {
+    showJob(job);
+    if (FINAL_STATES.has(job.status)) return job;
+    try {
+      const final = await streamJob(job.jobId, signal);
+      if (final) return final;
+    } catch (error) {
+      if (signal.aborted || (error instanceof ApiError && error.status !== 503)) throw error;
+    }
+    return pollJob(job.jobId, signal);
+  }
+
+  async function fetchBlobUrl(url, signal = undefined) {
+    const response = await request(url, { signal });
+    return URL.createObjectURL(await response.blob());
+  }
+
+  async function startTryOn(event) {
+    event.preventDefault();
+    if (run.active) return;
+    clearInvalid();
+    showMessage("", "");
+    const fields = formFields();
+    if (!fields) return;
+    run.waitingForKey = false;
+    run.controller = new AbortController();
+    const { signal } = run.controller;
+    const personUrl = URL.createObjectURL(fields.get("person_image"));
+    setRunning(true);
+    try {
+      const job = await submitJob(fields, signal);
+      const final = await followJob(job, signal);
+      if (final.status === "succeeded") {
+        const imageUrl = await fetchBlobUrl(final.result.imageUrl, signal);
+        showResult({ ...final.result, imageUrl, jobId: final.jobId, cached: final.cached, personUrl });
+        setProgress(1, "Done");
+      } else {
+        URL.revokeObjectURL(personUrl);
+        const words = final.error ? final.error.message : `The try-on ${final.status}.`;
+        showMessage(words, final.status === "canceled" ? "info" : "error");
+        setProgress(0, final.status === "canceled" ? "Canceled" : "Failed");
+      }
+    } catch (error) {
+      URL.revokeObjectURL(personUrl);
+      showFailure(error, signal);
+    } finally {
+      setRunning(false);
+    }
+  }
+
+  function showFailure(error, signal) {
+    if (signal.aborted) {
+      showMessage("Canceled before the job was queued.", "info");
+      setProgress(0, "Canceled");
+      return;
+    }
+    setProgress(0, "Stopped");
+    if (!(error instanceof ApiError)) {
+      showMessage("Could not reach the server: check the connection and try again.", "error");
+      return;
+    }
+    if (error.status === 401) {
+      askForKey(`${error.message} Enter the key below; it is kept in this browser.`);
+      return;
+    }
+    showMessage(error.message, "error");
+    if ([413, 415, 422].includes(error.status)) markInvalid(error.message);
+  }
+
+  async function cancelTryOn() {
+    if (!run.active) return;
+    if (!run.jobId) {
+      run.controller.abort(); // still uploading or waiting to retry: no job to cancel yet
+      return;
+    }
+    cancelButton.disabled = true;
+    run.cancelRequested = true;
+    setProgress(Number(progressBar.getAttribute("aria-valuenow")) / 100, "Canceling");
+    try {
+      // The stream (or polling) then delivers the final "canceled" document.
+      await request(`/api/try-on/jobs/${encodeURIComponent(run.jobId)}/cancel`, { method: "POST" });
+    } catch (error) {
+      cancelButton.disabled = false;
+      showMessage(error.message, "error");
+    }
+  }
+
+  // ---- the result: comparison, mask, details, download, earlier results ------------------------
+
+  const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
+
+  function formatMs(ms) {
+    return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
+  }
+
+  function fileName(result) {
+    return `try-on-seed-${result.seed}.${EXTENSIONS[result.mimeType] || "png"}`;
+  }
+
+  function showDetails(result) {
+    const details = $("details");
+    details.replaceChildren();
+    const timings = Object.entries(result.timingsMs || {})
+      .map(([stage, ms]) => `${stage} ${formatMs(ms)}`)
+      .join(", ");
+    const rows = [
+      ["Seed", String(result.seed)],
+      ["Size", `${result.width} × ${result.height}`],
+      ["Timings", timings || "not reported"],
+      ["From cache", result.cached ? "yes (same photos, options and seed)" : "no"],
+    ];
+    for (const [term, value] of rows) {
+      const dt = document.createElement("dt");
+      dt.textContent = term;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      details.append(dt, dd);
+    }
+  }
+
+  function archive(result) {
+    resultCount += 1;
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = result.imageUrl;
+    link.download = fileName(result);
+    const image = document.createElement("img");
+    image.src = result.imageUrl;
+    image.alt = `Earlier result ${resultCount}, seed ${result.seed}`;
+    link.append(image);
+    const caption = document.createElement("p");
+    caption.textContent = `Seed ${result.seed}, ${result.finishedAt}. Select the image to download.`;
+    item.append(link, caption);
+    $("history-list").prepend(item);
+    $("history").hidden = false;
+    URL.revokeObjectURL(result.personUrl);
+    if (result.maskObjectUrl) URL.revokeObjectURL(result.maskObjectUrl);
+  }
+
+  function showResult(result) {
+    if (current) archive(current);
+    current = { ...result, finishedAt: new Date().toLocaleTimeString() };
+    const compare = $("compare");
+    compare.style.setProperty("--aspect", `${result.width} / ${result.height}`);
+    compare.classList.remove("no-before");
+    $("compare-field").hidden = false;
+    $("before-image").src = result.personUrl;
+    $("result-image").src = result.imageUrl;
+    $("mask-image").hidden = true;
+    $("mask-image").removeAttribute("src");
+    $("show-mask").checked = false;
+    const download = $("download");
+    download.href = result.imageUrl;
+    download.download = fileName(result);
+    showDetails(current);
+    $("result-empty").hidden = true;
+    $("result-view").hidden = false;
+    $("result-heading").focus();
+  }
+
+  // Without a drawable "before" (HEIC outside Safari) the result is shown whole.
+  $("before-image").addEventListener("error", () => {
+    if (!$("before-image").getAttribute("src")) return;
+    $("compare").classList.add("no-before");
+    $("compare-field").hidden = true;
+  });
+
+  $("compare-slider").addEventListener("input", (event) => {
+    const position = Number(event.target.value);
+    $("compare").style.setProperty("--divider", `${position}%`);
+    event.target.setAttribute("aria-valuetext", `${position}% before, ${100 - position}% result`);
+  });
+
+  $("show-mask").addEventListener("change", async (event) => {
+    const mask = $("mask-image");
+    if (!event.target.checked) {
+      mask.hidden = true;
+      return;
+    }
+    try {
+      if (!current.maskObjectUrl) current.maskObjectUrl = await fetchBlobUrl(current.maskUrl);
+      mask.src = current.maskObjectUrl;
+      mask.hidden = !event.target.checked;
+    } catch (error) {
+      event.target.checked = false;
+      showMessage(`The mask could not be loaded: ${error.message}`, "error");
+    }
+  });
+
+  // ---- start ---------------------------------------------------------------------------------
+
+  setUpPhoto("person-photo", "person-preview", "person-hint");
+  setUpPhoto("garment-photo", "garment-preview", "garment-hint");
+  form.addEventListener("submit", startTryOn);
+  cancelButton.addEventListener("click", cancelTryOn);
+  if (storedKey()) {
+    keyForm.hidden = false;
+    keyInput.placeholder = "saved in this browser";
+  }
+  refreshHealth();
+})();
