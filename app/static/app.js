@@ -220,9 +220,13 @@
     });
     // Most browsers but Safari cannot draw HEIC; the server decodes it all the same.
     preview.addEventListener("error", () => {
-      if (!preview.getAttribute("src")) return;
+      const file = input.files[0];
+      if (!preview.getAttribute("src") || !file) return;
       preview.hidden = true;
-      hint.textContent = `${input.files[0]?.name}: no preview in this browser; the server reads it.`;
+      const heic = /hei[cf]/i.test(file.type) || /\.hei[cf]$/i.test(file.name);
+      hint.textContent = heic
+        ? `${file.name}: no preview in this browser; the server reads HEIC.`
+        : `${file.name}: this browser cannot show it as an image.`;
     });
 
     // The picture area opens the picker on a click too (the keyboard has the input itself).

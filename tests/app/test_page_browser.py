@@ -1,0 +1,244 @@
+"""The page at `/` in a real headless Chromium, against a real server on tiny weights in demo mode.
+
+One browser and one server for the module. The real UNet is held at a chosen forward call through a
+forward pre-hook (the network's public seam), so "running, with progress" is a state the test waits
+for instead of a race against a fast tiny model. A screenshot of each state is saved; the terminal
+summary says where.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from browser_helpers import (
+    DESKTOP,
+    PHONE,
+    SCREENSHOTS_KEY,
+    alert_texts,
+    by_accessible_name,
+    image_loaded,
+    require_browser,
+    screenshot,
+    set_viewport,
+    start_chromium,
+    wait_until,
+)
+from http_helpers import image_bytes, serve, tiny_settings, wait_until_ready
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
+
+from app.worker import InferenceWorker, load_models
+from catvton.tiny import TINY_SIZE
+
+RESULT = 'img[alt="Try-on result"]'
+
+
+class StepGate:
+    """Holds the real UNet at its `hold_at`-th forward call until released (or 60 s pass)."""
+
+    def __init__(self, unet: torch.nn.Module, hold_at: int) -> None:
+        self.hold_at = hold_at
+        self.calls = 0
+        self.reached = threading.Event()
+        self.released = threading.Event()
+        self.handle = unet.register_forward_pre_hook(self.enter)
+
+    def enter(self, module: torch.nn.Module, args: tuple) -> None:
+        self.calls += 1
+        if self.calls == self.hold_at:
+            self.reached.set()
+            self.released.wait(60)
+
+    def __enter__(self) -> StepGate:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.released.set()
+        self.handle.remove()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    driver = start_chromium(*require_browser())
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("browser-screenshots", numbered=False)
+    request.config.stash[SCREENSHOTS_KEY] = directory
+    return directory
+
+
+@pytest.fixture(scope="module")
+def page_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
+    """The app as `--demo` serves it (the banner, /health's `demo`), its worker loading the
+    session's tiny weights rather than writing the same tiny weights again (6 s)."""
+    settings = tiny_settings(tiny_weights, demo=True)
+    worker = InferenceWorker(
+        partial(load_models, tiny_settings(tiny_weights)),
+        queue_size=settings.queue_size,
+        queue_timeout=settings.queue_timeout,
+    )
+    with serve(settings, worker) as base_url:
+        assert wait_until_ready(base_url)["status"] == "ok"
+        yield base_url, worker
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Files as a user would pick them: two photos, and a PDF where a photo belongs."""
+    folder = tmp_path_factory.mktemp("photos")
+    files = {
+        "person": ("person.jpg", image_bytes((300, 400))),
+        "garment": ("garment.png", image_bytes((240, 240), "PNG")),
+        "pdf": ("scan.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"),
+    }
+    paths = {}
+    for key, (name, content) in files.items():
+        paths[key] = folder / name
+        paths[key].write_bytes(content)
+    return paths
+
+
+def open_page(driver: WebDriver, base_url: str, viewport: tuple[int, int]) -> None:
+    set_viewport(driver, viewport)
+    driver.get(f"{base_url}/")
+    # /health answered: the demo banner is up.
+    wait_until(driver, lambda d: "DEMO MODE" in d.find_element(By.ID, "banner").text, 30)
+
+
+def choose_photos(driver: WebDriver, person: Path, garment: Path, steps: str = "10") -> None:
+    """Pick both files (the previews must draw) and ask for few steps to keep the test fast."""
+    by_accessible_name(driver, "Person photo").send_keys(str(person))
+    by_accessible_name(driver, "Garment photo").send_keys(str(garment))
+    driver.find_element(By.CSS_SELECTOR, "details.options summary").click()
+    steps_field = by_accessible_name(driver, "Steps (10 to 100)")
+    steps_field.clear()
+    steps_field.send_keys(steps)
+
+
+def progress_percent(driver: WebDriver) -> int:
+    bar = driver.find_element(By.CSS_SELECTOR, "[role=progressbar]")
+    return int(bar.get_attribute("aria-valuenow"))
+
+
+def wait_running_with_progress(driver: WebDriver, gate: StepGate) -> None:
+    """The job holds inside the UNet and the bar shows the steps done before it."""
+    assert gate.reached.wait(60), "the job never reached the UNet"
+    wait_until(driver, lambda d: progress_percent(d) > 0)
+    assert by_accessible_name(driver, "Cancel").is_enabled()
+    assert "Denoising" in driver.find_element(By.ID, "stage").text
+
+
+def test_page_names_its_controls_and_shows_the_demo_banner(
+    browser: WebDriver, page_server: tuple[str, InferenceWorker], screenshots: Path
+) -> None:
+    base_url, _ = page_server
+    open_page(browser, base_url, DESKTOP)
+    for name in ("Person photo", "Garment photo", "Garment type", "Try on"):
+        by_accessible_name(browser, name)
+    assert Select(by_accessible_name(browser, "Garment type")).first_selected_option.get_attribute(
+        "value"
+    ) == ("upper")  # the API's default
+    assert browser.find_element(By.ID, "banner").get_attribute("role") == "alert"
+    screenshot(browser, screenshots, "start-desktop")
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_full_try_on_through_the_page(
+    browser: WebDriver,
+    page_server: tuple[str, InferenceWorker],
+    photos: dict[str, Path],
+    screenshots: Path,
+    viewport: tuple[int, int],
+) -> None:
+    base_url, worker = page_server
+    label = "phone" if viewport == PHONE else "desktop"
+    open_page(browser, base_url, viewport)
+    choose_photos(browser, photos["person"], photos["garment"])
+    wait_until(browser, lambda d: image_loaded(d, "#person-preview"))
+    wait_until(browser, lambda d: image_loaded(d, "#garment-preview"))
+    screenshot(browser, screenshots, f"photos-chosen-{label}")
+
+    with StepGate(worker.models.pipeline.unet, hold_at=3) as gate:
+        by_accessible_name(browser, "Try on").click()
+        wait_running_with_progress(browser, gate)
+        screenshot(browser, screenshots, f"progress-{label}")
+    wait_until(browser, lambda d: image_loaded(d, RESULT))
+
+    result_size = browser.execute_script(
+        "const i = document.querySelector(arguments[0]); return [i.naturalWidth, i.naturalHeight];",
+        RESULT,
+    )
+    assert tuple(result_size) == TINY_SIZE  # the server's image, at the working size
+    assert progress_percent(browser) == 100
+    details = browser.find_element(By.ID, "details").text
+    assert "Seed\n42" in details and "Timings" in details, details
+    download = by_accessible_name(browser, "Download")
+    assert download.get_attribute("href").startswith("blob:")
+    assert download.get_attribute("download") == "try-on-seed-42.png"
+    by_accessible_name(browser, "Show mask").click()
+    wait_until(browser, lambda d: image_loaded(d, "#mask-image"))
+    assert not by_accessible_name(browser, "Try on").get_attribute("disabled")
+    screenshot(browser, screenshots, f"result-{label}")
+
+    # A second try-on with a random seed: the first result moves to "Earlier results".
+    browser.find_element(By.ID, "random-seed").click()
+    by_accessible_name(browser, "Try on").click()
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-list li")) == 1)
+    wait_until(browser, lambda d: image_loaded(d, "#history-list img"))
+    wait_until(browser, lambda d: image_loaded(d, RESULT))
+    history = browser.find_element(By.ID, "history")
+    browser.execute_script("arguments[0].scrollIntoView()", history)
+    screenshot(browser, screenshots, f"history-{label}")
+
+
+def test_cancel_stops_the_running_job(
+    browser: WebDriver,
+    page_server: tuple[str, InferenceWorker],
+    photos: dict[str, Path],
+    screenshots: Path,
+) -> None:
+    base_url, worker = page_server
+    open_page(browser, base_url, DESKTOP)
+    choose_photos(browser, photos["person"], photos["garment"], steps="50")
+    with StepGate(worker.models.pipeline.unet, hold_at=3) as gate:
+        by_accessible_name(browser, "Try on").click()
+        wait_running_with_progress(browser, gate)
+        by_accessible_name(browser, "Cancel").click()
+        wait_until(browser, lambda d: "Canceling" in d.find_element(By.ID, "stage").text)
+    # Released: the pipeline stops at its next step and the job ends "canceled".
+    wait_until(browser, lambda d: "cancel" in alert_texts(d).lower())
+    assert browser.find_element(By.ID, "stage").text == "Canceled"
+    assert not browser.find_element(By.ID, "result-view").is_displayed()
+    assert not browser.find_element(By.ID, "cancel").is_displayed()
+    assert by_accessible_name(browser, "Try on").is_enabled()
+    screenshot(browser, screenshots, "canceled-desktop")
+
+
+def test_unsupported_file_is_named_and_focused(
+    browser: WebDriver,
+    page_server: tuple[str, InferenceWorker],
+    photos: dict[str, Path],
+    screenshots: Path,
+) -> None:
+    base_url, _ = page_server
+    open_page(browser, base_url, PHONE)
+    choose_photos(browser, photos["pdf"], photos["garment"])
+    by_accessible_name(browser, "Try on").click()
+    wait_until(browser, lambda d: "person_image" in alert_texts(d))
+    person_input = by_accessible_name(browser, "Person photo")
+    assert person_input.get_attribute("aria-invalid") == "true"
+    assert browser.switch_to.active_element == person_input
+    assert by_accessible_name(browser, "Garment photo").get_attribute("aria-invalid") is None
+    screenshot(browser, screenshots, "unsupported-file-phone")
