@@ -164,6 +164,7 @@
     // Rewriting an alert region re-announces it: only write what changed.
     if (message.textContent !== text) message.textContent = text;
     message.dataset.kind = text ? kind : "";
+    if (text) message.scrollIntoView({ block: "nearest" });
   }
 
   function setBanner(text, kind) {
@@ -207,10 +208,10 @@
     const defaultHint = hint.textContent;
 
     input.addEventListener("change", () => {
+      clearInvalid([input]);
       if (preview.src) URL.revokeObjectURL(preview.src);
       preview.removeAttribute("src");
       preview.hidden = true;
-      input.removeAttribute("aria-invalid");
       const file = input.files[0];
       hint.textContent = file ? file.name : defaultHint;
       if (!file) return;
@@ -258,23 +259,37 @@
 
   // ---- the form -> multipart fields of POST /api/try-on/jobs ---------------------------------
 
-  function clearInvalid() {
-    for (const control of form.querySelectorAll("[aria-invalid]")) {
+  function clearInvalid(controls = form.querySelectorAll("[aria-invalid]")) {
+    for (const control of controls) {
+      if (!control.hasAttribute("aria-invalid")) continue;
       control.removeAttribute("aria-invalid");
       control.removeAttribute("aria-errormessage");
+      const hint = control.dataset.hint;
+      if (hint) control.setAttribute("aria-describedby", hint);
+      else control.removeAttribute("aria-describedby");
+      $(`${control.id}-error`)?.remove();
     }
   }
 
+  // Each control the message names gets the words about it beside it (a 422 may name several,
+  // "field: problem; field: problem"), is marked invalid, and the first one takes the focus.
   function markInvalid(text) {
-    let first = null;
-    for (const [field, id] of Object.entries(FIELD_CONTROLS)) {
-      if (!text.includes(field)) continue;
+    const named = Object.entries(FIELD_CONTROLS).filter(([field]) => text.includes(field));
+    for (const [field, id] of named) {
       const control = $(id);
+      const own = text.split("; ").filter((part) => part.includes(field));
+      const error = document.createElement("p");
+      error.className = "field-error";
+      error.id = `${id}-error`;
+      error.textContent = named.length > 1 && own.length ? own.join("; ") : text;
+      control.closest(".drop-zone, .field").append(error);
+      control.dataset.hint = control.getAttribute("aria-describedby") || "";
+      control.setAttribute("aria-describedby", `${control.dataset.hint} ${error.id}`.trim());
+      control.setAttribute("aria-errormessage", error.id);
       control.setAttribute("aria-invalid", "true");
-      control.setAttribute("aria-errormessage", "message");
-      first = first || control;
     }
-    if (!first) return;
+    if (!named.length) return;
+    const first = $(named[0][1]);
     const options = first.closest("details");
     if (options) options.open = true;
     first.focus();
@@ -287,7 +302,7 @@
       const missing = !person ? "person_image" : "cloth_image";
       const text = !person ? "Choose a person photo first." : "Choose a garment photo first.";
       showMessage(`${text} (${missing})`, "error");
-      markInvalid(missing);
+      markInvalid(`${text} (${missing})`);
       return null;
     }
     const fields = new FormData();
@@ -313,6 +328,7 @@
     if (active) {
       progressArea.hidden = false;
       setProgress(0, "Uploading the photos");
+      progressArea.scrollIntoView({ block: "nearest" }); // on a phone it is below the fold
     } else {
       run.controller = null;
       run.jobId = null;
@@ -461,13 +477,15 @@
     run.controller = new AbortController();
     const { signal } = run.controller;
     const personUrl = URL.createObjectURL(fields.get("person_image"));
+    const clothType = $("cloth-type").selectedOptions[0].textContent;
+    const summary = `${clothType}, ${fields.get("num_inference_steps")} steps`;
     setRunning(true);
     try {
       const job = await submitJob(fields, signal);
       const final = await followJob(job, signal);
       if (final.status === "succeeded") {
         const imageUrl = await fetchBlobUrl(final.result.imageUrl, signal);
-        showResult({ ...final.result, imageUrl, jobId: final.jobId, cached: final.cached, personUrl });
+        showResult({ ...final.result, imageUrl, cached: final.cached, personUrl, summary });
         setProgress(1, "Done");
       } else {
         URL.revokeObjectURL(personUrl);
@@ -537,7 +555,7 @@
     details.replaceChildren();
     const timings = Object.entries(result.timingsMs || {})
       .map(([stage, ms]) => `${stage} ${formatMs(ms)}`)
-      .join(", ");
+      .join("\n");
     const rows = [
       ["Seed", String(result.seed)],
       ["Size", `${result.width} × ${result.height}`],
@@ -554,18 +572,19 @@
   }
 
   function archive(result) {
-    resultCount += 1;
-    const item = document.createElement("li");
+    const words = `${result.summary}, seed ${result.seed}`;
+    const image = document.createElement("img");
+    image.src = result.imageUrl;
+    image.alt = `Result ${result.number}: ${words}`;
+    const caption = document.createElement("p");
+    caption.textContent = `${words}, at ${result.finishedAt}`;
     const link = document.createElement("a");
     link.href = result.imageUrl;
     link.download = fileName(result);
-    const image = document.createElement("img");
-    image.src = result.imageUrl;
-    image.alt = `Earlier result ${resultCount}, seed ${result.seed}`;
-    link.append(image);
-    const caption = document.createElement("p");
-    caption.textContent = `Seed ${result.seed}, ${result.finishedAt}. Select the image to download.`;
-    item.append(link, caption);
+    link.textContent = "Download";
+    link.setAttribute("aria-label", `Download result ${result.number}`);
+    const item = document.createElement("li");
+    item.append(image, caption, link);
     $("history-list").prepend(item);
     $("history").hidden = false;
     URL.revokeObjectURL(result.personUrl);
@@ -574,7 +593,8 @@
 
   function showResult(result) {
     if (current) archive(current);
-    current = { ...result, finishedAt: new Date().toLocaleTimeString() };
+    resultCount += 1;
+    current = { ...result, number: resultCount, finishedAt: new Date().toLocaleTimeString() };
     const compare = $("compare");
     compare.style.setProperty("--aspect", `${result.width} / ${result.height}`);
     compare.classList.remove("no-before");
@@ -590,7 +610,9 @@
     showDetails(current);
     $("result-empty").hidden = true;
     $("result-view").hidden = false;
-    $("result-heading").focus();
+    // Screen readers land on "Result"; on a phone the result is scrolled into view below the form.
+    $("result").scrollIntoView({ block: "nearest" });
+    $("result-heading").focus({ preventScroll: true });
   }
 
   // Without a drawable "before" (HEIC outside Safari) the result is shown whole.

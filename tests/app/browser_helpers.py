@@ -86,12 +86,25 @@ def screenshot(driver: WebDriver, directory: Path, name: str) -> Path:
     return path
 
 
+# A cheap first pass in the page (each computed name is a round trip to the browser): the
+# controls whose label, text, alt or aria-label mentions the name at all.
+_CANDIDATES_SCRIPT = """
+const [selector, name] = arguments;
+const mentions = (element) => [
+  element.innerText, element.alt, element.getAttribute("aria-label"),
+  ...Array.from(element.labels || [], (label) => label.innerText),
+].some((text) => text && text.includes(name));
+return Array.from(document.querySelectorAll(selector)).filter(mentions);
+"""
+
+
 def by_accessible_name(driver: WebDriver, name: str) -> WebElement:
     """The one displayed control whose computed accessible name is `name` (as a screen reader
     would find it); fails when there is none or more than one."""
+    candidates = driver.execute_script(_CANDIDATES_SCRIPT, NAMED_CONTROLS, name)
     matches = [
         element
-        for element in driver.find_elements(By.CSS_SELECTOR, NAMED_CONTROLS)
+        for element in candidates
         if element.is_displayed() and element.accessible_name == name
     ]
     assert len(matches) == 1, f"{len(matches)} displayed controls named {name!r}"
