@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from browser_helpers import (
@@ -28,12 +29,19 @@ from browser_helpers import (
     start_chromium,
     wait_until,
 )
-from http_helpers import image_bytes, serve, tiny_settings, wait_until_ready
+from http_helpers import (
+    image_bytes,
+    multipart,
+    serve,
+    tiny_settings,
+    try_on_parts,
+    wait_until_ready,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from app.worker import InferenceWorker, load_models
+from app.worker import InferenceWorker, Models, ProgressCallback, load_models
 from catvton.tiny import TINY_SIZE
 
 RESULT = 'img[alt="Try-on result"]'
@@ -83,7 +91,7 @@ def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 def page_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
     """The app as `--demo` serves it (the banner, /health's `demo`), its worker loading the
     session's tiny weights rather than writing the same tiny weights again (6 s)."""
-    settings = tiny_settings(tiny_weights, demo=True)
+    settings = tiny_settings(tiny_weights, demo=True, max_queued_jobs=1)
     worker = InferenceWorker(
         partial(load_models, tiny_settings(tiny_weights)),
         queue_size=settings.queue_size,
@@ -117,7 +125,7 @@ def open_page(driver: WebDriver, base_url: str, viewport: tuple[int, int]) -> No
     wait_until(driver, lambda d: "DEMO MODE" in d.find_element(By.ID, "banner").text, 30)
 
 
-def choose_photos(driver: WebDriver, person: Path, garment: Path, steps: str = "10") -> None:
+def choose_photos(driver: WebDriver, person: Path, garment: Path, steps: str) -> None:
     """Pick both files (the previews must draw) and ask for few steps to keep the test fast."""
     by_accessible_name(driver, "Person photo").send_keys(str(person))
     by_accessible_name(driver, "Garment photo").send_keys(str(garment))
@@ -164,8 +172,10 @@ def test_full_try_on_through_the_page(
 ) -> None:
     base_url, worker = page_server
     label = "phone" if viewport == PHONE else "desktop"
+    # Steps differ per width: a repeated fixed-seed request would come from the result cache.
+    steps = "10" if viewport == PHONE else "11"
     open_page(browser, base_url, viewport)
-    choose_photos(browser, photos["person"], photos["garment"])
+    choose_photos(browser, photos["person"], photos["garment"], steps)
     wait_until(browser, lambda d: image_loaded(d, "#person-preview"))
     wait_until(browser, lambda d: image_loaded(d, "#garment-preview"))
     screenshot(browser, screenshots, f"photos-chosen-{label}")
@@ -199,8 +209,15 @@ def test_full_try_on_through_the_page(
     wait_until(browser, lambda d: image_loaded(d, "#history-list img"))
     wait_until(browser, lambda d: image_loaded(d, RESULT))
     history = browser.find_element(By.ID, "history")
+    assert f"{steps} steps, seed 42" in history.text, history.text
     browser.execute_script("arguments[0].scrollIntoView()", history)
     screenshot(browser, screenshots, f"history-{label}")
+
+    # The first request again: answered from the result cache, and the page says so.
+    browser.find_element(By.ID, "random-seed").click()
+    by_accessible_name(browser, "Try on").click()
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-list li")) == 2)
+    wait_until(browser, lambda d: "From cache\nyes" in d.find_element(By.ID, "details").text)
 
 
 def test_cancel_stops_the_running_job(
@@ -234,7 +251,7 @@ def test_unsupported_file_is_named_and_focused(
 ) -> None:
     base_url, _ = page_server
     open_page(browser, base_url, PHONE)
-    choose_photos(browser, photos["pdf"], photos["garment"])
+    choose_photos(browser, photos["pdf"], photos["garment"], "10")
     by_accessible_name(browser, "Try on").click()
     wait_until(browser, lambda d: "person_image" in alert_texts(d))
     person_input = by_accessible_name(browser, "Person photo")
@@ -242,3 +259,59 @@ def test_unsupported_file_is_named_and_focused(
     assert browser.switch_to.active_element == person_input
     assert by_accessible_name(browser, "Garment photo").get_attribute("aria-invalid") is None
     screenshot(browser, screenshots, "unsupported-file-phone")
+
+
+def test_gpu_busy_is_retried_after_retry_after(
+    browser: WebDriver,
+    page_server: tuple[str, InferenceWorker],
+    photos: dict[str, Path],
+    screenshots: Path,
+) -> None:
+    base_url, worker = page_server
+    open_page(browser, base_url, DESKTOP)
+    choose_photos(browser, photos["person"], photos["garment"], "12")
+    body, content_type = multipart(try_on_parts(seed="-1", num_inference_steps="10"))
+    with (
+        StepGate(worker.models.pipeline.unet, hold_at=1) as gate,
+        httpx.Client(base_url=base_url, headers={"Content-Type": content_type}) as client,
+    ):
+        assert client.post("/api/try-on/jobs", content=body).status_code == 202  # running
+        assert gate.reached.wait(60)
+        assert client.post("/api/try-on/jobs", content=body).status_code == 202  # the queue's 1
+        by_accessible_name(browser, "Try on").click()
+        wait_until(browser, lambda d: "GPU is busy" in alert_texts(d))
+        assert "Trying again in" in alert_texts(browser)
+        screenshot(browser, screenshots, "gpu-busy-desktop")
+    # Released: both jobs finish, and the page's own retry is taken and runs.
+    wait_until(browser, lambda d: image_loaded(d, RESULT), 120)
+    assert "GPU is busy" not in alert_texts(browser)
+
+
+def test_banners_say_loading_then_why_the_load_failed(
+    browser: WebDriver,
+    tmp_path: Path,
+    photos: dict[str, Path],
+    screenshots: Path,
+) -> None:
+    settings = tiny_settings(tmp_path)  # an empty weights folder: the load fails, naming files
+    released = threading.Event()
+
+    def load_when_released(progress: ProgressCallback) -> Models:
+        progress("waiting for the test")
+        released.wait(60)
+        return load_models(settings, progress)
+
+    worker = InferenceWorker(load_when_released, queue_size=settings.queue_size)
+    with serve(settings, worker) as base_url:
+        set_viewport(browser, PHONE)
+        browser.get(f"{base_url}/")
+        banner = browser.find_element(By.ID, "banner")
+        wait_until(browser, lambda d: "Models are still loading" in banner.text, 30)
+        screenshot(browser, screenshots, "models-loading-phone")
+        released.set()
+        wait_until(browser, lambda d: "The models failed to load" in banner.text, 30)
+        assert "python -m catvton download" in banner.text, banner.text  # the reason and the fix
+        choose_photos(browser, photos["person"], photos["garment"], "10")
+        by_accessible_name(browser, "Try on").click()
+        wait_until(browser, lambda d: "Model loading failed" in alert_texts(d))
+        screenshot(browser, screenshots, "load-failed-phone")
