@@ -315,3 +315,33 @@ def test_banners_say_loading_then_why_the_load_failed(
         by_accessible_name(browser, "Try on").click()
         wait_until(browser, lambda d: "Model loading failed" in alert_texts(d))
         screenshot(browser, screenshots, "load-failed-phone")
+
+
+def test_key_prompt_when_the_server_answers_401(
+    browser: WebDriver,
+    tiny_weights: Path,
+    tmp_path: Path,
+    photos: dict[str, Path],
+    screenshots: Path,
+) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("page-user page-test-key-0123456789\n")
+    with serve(tiny_settings(tiny_weights, api_keys_file=keys_file)) as base_url:
+        assert wait_until_ready(base_url)["status"] == "ok"
+        set_viewport(browser, PHONE)
+        browser.get(f"{base_url}/")  # the page itself is open without a key
+        assert not browser.find_element(By.ID, "key-form").is_displayed()
+        choose_photos(browser, photos["person"], photos["garment"], "13")
+        by_accessible_name(browser, "Try on").click()
+        wait_until(browser, lambda d: "An API key is required" in alert_texts(d))
+        key_field = by_accessible_name(browser, "API key")
+        assert browser.switch_to.active_element == key_field
+        screenshot(browser, screenshots, "key-prompt-phone")
+
+        key_field.send_keys("page-test-key-0123456789\n")  # Enter saves it and tries again
+        wait_until(browser, lambda d: image_loaded(d, RESULT))
+        stored = browser.execute_script("return localStorage.getItem('catvton.apiKey')")
+        assert stored == "page-test-key-0123456789"
+        by_accessible_name(browser, "Show mask").click()  # the mask is fetched with the key too
+        wait_until(browser, lambda d: image_loaded(d, "#mask-image"))
+        screenshot(browser, screenshots, "key-accepted-phone")
