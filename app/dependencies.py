@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.cache.results import ResultCache
+from app.jobs.runner import JobRunner
 from app.settings import Settings
 from app.worker import InferenceWorker
 
@@ -18,5 +20,16 @@ def get_worker(request: Request) -> InferenceWorker:
     return request.app.state.worker
 
 
+def get_cache(request: Request) -> ResultCache | None:
+    """The result cache, or None when `--cache-mb 0` turned it off."""
+    return request.app.state.cache
+
+
+def get_jobs(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[InferenceWorker, Depends(get_worker)]
+CacheDep = Annotated[ResultCache | None, Depends(get_cache)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]

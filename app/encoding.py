@@ -1,10 +1,10 @@
-"""The response image: PIL -> PNG / JPEG / WebP bytes -> base64 text."""
+"""Stage 4, encode: PIL -> PNG / JPEG / WebP bytes (jobs and the cache keep bytes) -> base64."""
 
 from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -30,17 +30,40 @@ WEBP_QUALITY = 85
 
 @dataclass(frozen=True)
 class EncodedImage:
-    base64: str
+    data: bytes = field(repr=False)  # megabytes: keep them out of logs and tracebacks
     mime_type: str
     width: int
     height: int
 
+    @property
+    def base64(self) -> str:
+        """The bytes as base64 text, no data: prefix (what the JSON answers carry)."""
+        return base64.b64encode(self.data).decode("ascii")
+
+
+@dataclass(frozen=True)
+class EncodedResult:
+    """What outlives an inference (a job's result, a cache entry): encoded bytes, never base64.
+
+    `mask` is the PNG of the mask the model used (working size, white = repainted).
+    """
+
+    image: EncodedImage
+    mask: EncodedImage
+    seed: int
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.image.data) + len(self.mask.data)
+
 
 def encode_image(image: Image.Image, output_format: str) -> EncodedImage:
-    """Encode an RGB `image` as "png", "jpeg" or "webp" and base64 it (no data: prefix)."""
+    """Encode an RGB (or, for a mask, L) `image` as "png", "jpeg" or "webp"."""
     if output_format == "png":
-        bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])  # (H, W, 3)
-        ok, encoded = cv2.imencode(".png", bgr, PNG_PARAMS)
+        pixels = np.asarray(image if image.mode == "L" else image.convert("RGB"))
+        if pixels.ndim == 3:
+            pixels = np.ascontiguousarray(pixels[:, :, ::-1])  # (H, W, 3) BGR for OpenCV
+        ok, encoded = cv2.imencode(".png", pixels, PNG_PARAMS)
         if not ok:
             raise RuntimeError("OpenCV could not encode the result as PNG")
         data = encoded.tobytes()
@@ -53,8 +76,14 @@ def encode_image(image: Image.Image, output_format: str) -> EncodedImage:
         allowed = ", ".join(MIME_TYPES)
         raise ValueError(f"output_format must be one of {allowed}, not {output_format!r}")
     return EncodedImage(
-        base64=base64.b64encode(data).decode("ascii"),
-        mime_type=MIME_TYPES[output_format],
-        width=image.width,
-        height=image.height,
+        data=data, mime_type=MIME_TYPES[output_format], width=image.width, height=image.height
+    )
+
+
+def encode_result(
+    image: Image.Image, mask: Image.Image, seed: int, output_format: str
+) -> EncodedResult:
+    """The try-on image in `output_format` and its mask as PNG (thread pool: milliseconds)."""
+    return EncodedResult(
+        image=encode_image(image, output_format), mask=encode_image(mask, "png"), seed=seed
     )

@@ -107,6 +107,80 @@ class ClientDisconnectedError(ServiceError):
     code = "client_disconnected"
 
 
+class ShuttingDownError(ServiceError):
+    """The server is stopping: nothing new is taken, and what still waits is refused."""
+
+    status_code = 503
+    code = "shutting_down"
+    retry_after_s = 5
+
+    def __init__(self, detail: str = "") -> None:
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(f"The server is shutting down{suffix}; try again in a few seconds.")
+
+
+# -- jobs (jobs.md) ----------------------------------------------------------------------------
+
+
+class JobNotFoundError(ServiceError):
+    status_code = 404
+    code = "job_not_found"
+
+    def __init__(self) -> None:
+        super().__init__("No such job: check the job id (ids of deleted jobs are forgotten).")
+
+
+class JobExpiredError(ServiceError):
+    status_code = 410
+    code = "job_expired"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This job and its result were forgotten (expired or evicted); submit it again."
+        )
+
+
+class JobNotFinishedError(ServiceError):
+    status_code = 409
+    code = "job_not_finished"
+    retry_after_s = 1
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"The job is {status}; poll its status and fetch this once it succeeded.")
+
+
+class JobCanceledError(ServiceError):
+    status_code = 409
+    code = "canceled"
+
+    def __init__(self, message: str = "The job was canceled; submit it again.") -> None:
+        super().__init__(message)
+
+
+class JobFailedError(ServiceError):
+    """A failed job's own error, answered with the status its synchronous request would have got
+    (e.g. 503 gpu_out_of_memory): the code and status are the job's, not fixed per class."""
+
+    def __init__(
+        self, code: str, message: str, status_code: int, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]
+        self.status_code = status_code  # type: ignore[misc]
+        self.retry_after_s = retry_after_s  # type: ignore[misc]
+
+
+class IdempotencyKeyReusedError(ServiceError):
+    status_code = 422
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used with a different request body; "
+            "use a new key for a new try-on."
+        )
+
+
 def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
     """Pydantic error dicts -> one line per field, "field: what is wrong (got value)"."""
     lines = []

@@ -11,15 +11,26 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from app.cache.results import InMemoryResultCache, ResultCache
 from app.errors import install_error_handlers
+from app.jobs import routes as jobs_routes
+from app.jobs.runner import JobRunner
+from app.jobs.store import InMemoryJobStore, JobStore
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import health, page, try_on
 from app.settings import Settings
 from app.worker import InferenceWorker, load_models
 
 
-def create_app(settings: Settings, worker: InferenceWorker | None = None) -> FastAPI:
-    """Build the service; `worker` defaults to one that loads the models `settings` names.
+def create_app(
+    settings: Settings,
+    worker: InferenceWorker | None = None,
+    *,
+    job_store: JobStore | None = None,
+    cache: ResultCache | None = None,
+) -> FastAPI:
+    """Build the service; `worker` defaults to one that loads the models `settings` names, the
+    job store and the result cache to in-memory ones bounded as `settings` says.
 
     Nothing is loaded here: the lifespan starts the worker, which loads in the background while
     the server already answers /health.
@@ -29,7 +40,14 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
             partial(load_models, settings),
             queue_size=settings.queue_size,
             queue_timeout=settings.queue_timeout,
+            max_queued_jobs=settings.max_queued_jobs,
         )
+    if job_store is None:
+        job_store = InMemoryJobStore(
+            ttl_s=settings.job_ttl, max_bytes=settings.job_store_bytes, max_jobs=settings.max_jobs
+        )
+    if cache is None and settings.cache_bytes > 0:
+        cache = InMemoryResultCache(settings.cache_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,16 +69,19 @@ def create_app(settings: Settings, worker: InferenceWorker | None = None) -> Fas
     )
     app.state.settings = settings
     app.state.worker = worker
+    app.state.cache = cache
+    app.state.jobs = JobRunner(job_store, worker, cache)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
-        allow_methods=["GET", "POST"],
+        allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["*"],
-        expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Location", "Idempotent-Replayed"],
     )
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response has an id
     install_error_handlers(app)
     app.include_router(try_on.router)
+    app.include_router(jobs_routes.router)
     app.include_router(health.router)
     app.include_router(page.router)
     app.mount(page.STATIC_PATH, page.static_files(), name="static")

@@ -33,6 +33,9 @@ class TryOnOptions(BaseModel):
     seed: int = Field(42, ge=-1, le=2**32 - 1, description="-1 picks a random seed")
     repaint: bool = Field(False, description="blend the original photo back outside the mask")
     output_format: OutputFormat = Field("png", description="png, jpeg (or jpg) or webp")
+    return_mask: bool = Field(
+        False, description="also answer maskBase64: the PNG mask the model used (white = repainted)"
+    )
 
     @classmethod
     def allowed_values(cls, name: str) -> str | None:
@@ -84,6 +87,10 @@ class TryOnResponse(BaseModel):
     seed: int = Field(description="the seed actually used: send it back to reproduce the image")
     request_id: str
     timings_ms: dict[str, float] = Field(description="milliseconds per stage")
+    cached: bool = Field(False, description="answered from the result cache (fixed seeds)")
+    mask_base64: str | None = Field(
+        None, description="with return_mask: the PNG mask the model used, white = repainted"
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -76,6 +76,23 @@ class Settings(BaseSettings):
         description="where --demo writes its tiny weights",
     )
 
+    # -- try-on jobs and the result cache (jobs.md) --------------------------------------------
+    max_queued_jobs: int = Field(
+        32, ge=1, description="jobs that may wait in the queue (POST /api/try-on/jobs; 503 beyond)"
+    )
+    job_ttl: float = Field(
+        900.0, gt=0, description="seconds a finished job's record and result are kept"
+    )
+    job_store_mb: float = Field(
+        512.0, gt=0, description="MiB of job results kept; the oldest finished are evicted first"
+    )
+    max_jobs: int = Field(
+        1000, ge=1, description="job records kept; the oldest finished are evicted first"
+    )
+    cache_mb: float = Field(
+        256.0, ge=0, description="MiB of the result cache for fixed seeds (LRU); 0 turns it off"
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def split_origins(cls, value: Any) -> Any:
@@ -102,6 +119,14 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MEBIBYTE)
+
+    @property
+    def job_store_bytes(self) -> int:
+        return int(self.job_store_mb * MEBIBYTE)
+
+    @property
+    def cache_bytes(self) -> int:
+        return int(self.cache_mb * MEBIBYTE)
 
     @property
     def max_image_pixels(self) -> int:

@@ -6,26 +6,28 @@ process), then takes try-on jobs one at a time from a bounded FIFO queue. One th
 lock: two inferences can never overlap, the order is first come first served, and a request that
 cannot be served soon is told so at once (503) instead of piling up behind a lock.
 
-Requests hand in a job and await a future; the event loop never runs model code.
+Both doors share this one FIFO: a synchronous request awaits its work (`run`), a job hands its
+work in and leaves (`submit`), hearing about it through a `WorkListener` and stopping it with
+`cancel`. The event loop never runs model code. `InferenceQueue` is what the routes and the job
+runner may use, so that a remote worker (app/cluster) can stand in.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import gc
+import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from app.errors import (
     ClientDisconnectedError,
@@ -34,13 +36,14 @@ from app.errors import (
     ModelLoadFailedError,
     ModelsLoadingError,
     ServiceError,
+    ShuttingDownError,
     WorkerStoppedError,
 )
-from app.intake import TryOnImages
-from app.schemas import TryOnOptions
+from app.estimates import StepTimes
 from app.settings import Settings
+from app.work import Door, QueuedWork, TryOnJob, TryOnOutcome, WorkListener
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
-from catvton.errors import CatVTONError
+from catvton.errors import CatVTONError, InferenceCanceledError
 from catvton.masking import AutoMasker, load_automasker
 from catvton.tiny import TINY_SIZE, write_tiny_weights
 
@@ -84,61 +87,13 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     return Models(pipeline=pipeline, masker=masker)
 
 
-@dataclass
-class TryOnJob:
-    """Images fitted to the working size (`mask_image` None: automatic mask) and the options."""
-
-    images: TryOnImages
-    options: TryOnOptions
-
-
-@dataclass
-class TryOnOutcome:
-    image: Image.Image
-    seed: int
-    timings: dict[str, float]  # seconds per stage, queue wait included
-
-
-@dataclass
-class _Ticket:
-    """A queued job plus its way back to the event loop and the request's logging context."""
-
-    job: TryOnJob
-    loop: asyncio.AbstractEventLoop
-    started: asyncio.Future[None]
-    done: asyncio.Future[TryOnOutcome]
-    context: contextvars.Context = field(default_factory=contextvars.copy_context)
-    enqueued_at: float = field(default_factory=time.perf_counter)
-
-    def resolve(
-        self, future: asyncio.Future[Any], result: Any = None, error: Exception | None = None
-    ) -> None:
-        """Settle `future` from the device thread via the loop (futures are not thread-safe)."""
-
-        def settle() -> None:
-            if future.done():  # cancelled: the request is gone
-                return
-            if error is None:
-                future.set_result(result)
-            elif isinstance(error, StopIteration):
-                # A future refuses StopIteration (TypeError) and would never settle: wrap it.
-                wrapped = RuntimeError(f"inference raised StopIteration: {error}")
-                future.set_exception(wrapped.with_traceback(error.__traceback__))
-            else:
-                future.set_exception(error)
-
-        try:
-            self.loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
-            logger.warning("the event loop closed before a result could be delivered")
-
-
 class InferenceWorker:
     """Loads the models on its own thread, then serves try-on jobs there, one at a time.
 
     States: "loading" until `load` returns, then "ok"; "error" if it raised (kept, with the reason,
-    for the life of the process). `queue_size` jobs may wait while one runs; a job waits at most
-    `queue_timeout` seconds before it gets 503.
+    for the life of the process). A synchronous request is refused when `queue_size` requests
+    (either door) wait ahead of it, and waits at most `queue_timeout` seconds; jobs may queue
+    deeper, up to `max_queued_jobs` jobs, and wait as long as it takes.
     """
 
     def __init__(
@@ -147,9 +102,11 @@ class InferenceWorker:
         *,
         queue_size: int = 4,
         queue_timeout: float = 300.0,
+        max_queued_jobs: int = 32,
     ) -> None:
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
+        self.max_queued_jobs = max_queued_jobs
         self.state = "loading"
         self.loading_step = "starting"
         self.error: str | None = None
@@ -157,9 +114,12 @@ class InferenceWorker:
         self.inferences_served = 0
         self.started_at = time.monotonic()
         self._load = load
-        self._waiting: deque[_Ticket] = deque()
-        self._running: _Ticket | None = None
-        self._receiving = 0  # admitted requests still reading or decoding their uploads
+        self._waiting: deque[QueuedWork] = deque()
+        self._running: QueuedWork | None = None
+        # Admitted requests still reading or decoding their uploads, by door.
+        self._receiving: dict[Door, int] = {"sync": 0, "job": 0}
+        self._step_times = StepTimes()
+        self._identity = ""
         self._stopping = False
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._own_device, name="device-worker", daemon=True)
@@ -177,7 +137,7 @@ class InferenceWorker:
             self._waiting.clear()
             self._condition.notify_all()
         for ticket in refused:
-            ticket.resolve(ticket.started, error=GPUBusyError("the server is shutting down"))
+            ticket.refuse(ShuttingDownError())
         self._thread.join(timeout)
 
     # -- the event loop's side -----------------------------------------------------------------
@@ -188,7 +148,12 @@ class InferenceWorker:
 
     @property
     def receiving(self) -> int:
-        return self._receiving
+        return sum(self._receiving.values())
+
+    @property
+    def model_identity(self) -> str:
+        """Weights, precision, device and size of the loaded model ("" before it loaded)."""
+        return self._identity
 
     @property
     def busy(self) -> bool:
@@ -217,18 +182,26 @@ class InferenceWorker:
             return ModelLoadFailedError(self.error or "unknown error")
         return None
 
-    def check_accepting(self) -> None:
+    def check_accepting(self, door: Door = "sync") -> None:
         """Raise the 503 a new request would get now (loading, failed, stopping or full)."""
         if self._stopping:
-            raise GPUBusyError("the server is shutting down")
+            raise ShuttingDownError()
         if (reason := self.unavailable()) is not None:
             raise reason
-        ahead = self._receiving + len(self._waiting)
+        if door == "job":
+            jobs = self._receiving["job"] + self._waiting_jobs()
+            if jobs >= self.max_queued_jobs:
+                raise GPUBusyError(f"{jobs} jobs are already queued")
+            return
+        ahead = self._receiving["sync"] + len(self._waiting)
         if ahead + (self._running is not None) > self.queue_size:
             raise GPUBusyError(f"{ahead} requests are already waiting")
 
+    def _waiting_jobs(self) -> int:
+        return sum(ticket.door == "job" for ticket in self._waiting)
+
     @contextmanager
-    def admission(self) -> Iterator[None]:
+    def admission(self, door: Door = "sync") -> Iterator[None]:
         """Hold a place in the queue while a request reads and decodes its uploads.
 
         Raises the 503s of `check_accepting` before a byte is read. Requests still receiving count
@@ -237,13 +210,13 @@ class InferenceWorker:
         place passes to the queued job without a gap.
         """
         with self._condition:
-            self.check_accepting()
-            self._receiving += 1
+            self.check_accepting(door)
+            self._receiving[door] += 1
         try:
             yield
         finally:
             with self._condition:
-                self._receiving -= 1
+                self._receiving[door] -= 1
 
     async def run(
         self, job: TryOnJob, *, disconnected: Callable[[], Awaitable[Any]]
@@ -255,12 +228,7 @@ class InferenceWorker:
         `queue_timeout` seconds of waiting, GPUOutOfMemoryError, ClientDisconnectedError, and
         whatever the pipeline raised (InvalidInputError for a bad input).
         """
-        loop = asyncio.get_running_loop()
-        ticket = _Ticket(job, loop, started=loop.create_future(), done=loop.create_future())
-        with self._condition:
-            self.check_accepting()
-            self._waiting.append(ticket)
-            self._condition.notify()
+        ticket = self._enqueue(job, "sync", listener=None)
         watcher = asyncio.ensure_future(disconnected())
         try:
             await asyncio.wait(
@@ -279,13 +247,70 @@ class InferenceWorker:
             if not ticket.started.done():  # cancelled (server shutdown): free the slot
                 self._withdraw(ticket)
 
-    def _withdraw(self, ticket: _Ticket) -> bool:
+    def submit(self, job: TryOnJob, listener: WorkListener) -> QueuedWork:
+        """Queue a job's work and return at once (see `InferenceQueue.submit`).
+
+        Raises the 503s of `check_accepting` except the place count: `admission("job")` held it.
+        """
+        return self._enqueue(job, "job", listener=listener)
+
+    def cancel(self, work: QueuedWork) -> bool:
+        """Withdraw waiting work (True), or ask running work to stop at its next step (False)."""
+        work.stop.set()
+        if self._withdraw(work):
+            work.refuse(InferenceCanceledError("canceled while queued"))
+            return True
+        return False
+
+    def _enqueue(self, job: TryOnJob, door: Door, listener: WorkListener | None) -> QueuedWork:
+        loop = asyncio.get_running_loop()
+        ticket = QueuedWork(
+            job, loop, loop.create_future(), loop.create_future(), door=door, listener=listener
+        )
+        with self._condition:
+            if door == "sync":
+                self.check_accepting()
+            elif self._stopping or self.unavailable() is not None:
+                self.check_accepting(door)  # raises the reason
+            self._waiting.append(ticket)
+            ticket.position = len(self._waiting) - 1
+            ticket.eta_s = self._eta_through(ticket.position)
+            self._condition.notify()
+        return ticket
+
+    def _withdraw(self, ticket: QueuedWork) -> bool:
         """Take a waiting ticket out of the queue; False if the worker already took it."""
         with self._condition:
-            if ticket in self._waiting:
-                self._waiting.remove(ticket)
-                return True
-            return False
+            if ticket not in self._waiting:
+                return False
+            index = self._waiting.index(ticket)
+            del self._waiting[index]
+            self._announce_positions(start=index)
+            return True
+
+    # -- positions and estimates (under the condition's lock) ----------------------------------
+
+    def _eta_through(self, index: int) -> float | None:
+        """Seconds until the work at `index` of the queue is done: the running job's rest, then
+        each waiting job up to and including it. None before any step was measured."""
+        times = self._step_times
+        if times.step_seconds(guided=False) is None:
+            return None
+        running = [] if self._running is None else [self._running]
+        return sum(
+            times.remaining(*self._left(ticket)) or 0.0
+            for ticket in [*running, *list(self._waiting)[: index + 1]]
+        )
+
+    @staticmethod
+    def _left(ticket: QueuedWork) -> tuple[int, bool]:
+        return ticket.steps_left, ticket.guided
+
+    def _announce_positions(self, start: int = 0) -> None:
+        """Tell each waiting job from `start` on its position and ETA (the queue moved)."""
+        for index, ticket in enumerate(self._waiting):
+            if index >= start and ticket.listener is not None:
+                ticket.notify("on_queue", index, self._eta_through(index))
 
     # -- the device thread -----------------------------------------------------------------------
 
@@ -305,7 +330,7 @@ class InferenceWorker:
                 self._waiting.clear()
                 self._running = None
             for ticket in refused:
-                ticket.resolve(ticket.started, error=WorkerStoppedError(self.error))
+                ticket.refuse(WorkerStoppedError(self.error))
             if running is not None:
                 running.resolve(running.done, error=WorkerStoppedError(self.error))
 
@@ -317,6 +342,7 @@ class InferenceWorker:
                 if self._stopping:
                     return
                 ticket = self._running = self._waiting.popleft()
+                self._announce_positions()
             ticket.context.run(self._serve, ticket)
             with self._condition:
                 self._running = None
@@ -341,8 +367,9 @@ class InferenceWorker:
             )
             return False
         gc.freeze()  # the models live as long as the process, like the imports (see app.main)
-        self.state = "ok"
         pipeline = self.models.pipeline
+        self._identity = describe_model(pipeline)
+        self.state = "ok"
         logger.info(
             "models loaded in %.1f s on %s (%s, %dx%d)",
             time.perf_counter() - started,
@@ -352,12 +379,12 @@ class InferenceWorker:
         )
         return True
 
-    def _serve(self, ticket: _Ticket) -> None:
+    def _serve(self, ticket: QueuedWork) -> None:
         """Run one job on this thread, in the request's context (its id is in every log line)."""
         queue_wait = time.perf_counter() - ticket.enqueued_at
         ticket.resolve(ticket.started)
         try:
-            outcome = self._infer(ticket.job)
+            outcome = self._infer(ticket)
         except torch.cuda.OutOfMemoryError:
             logger.warning("CUDA out of memory; emptying the cache, the next request may proceed")
             ticket.resolve(ticket.done, error=GPUOutOfMemoryError())
@@ -383,15 +410,19 @@ class InferenceWorker:
         except Exception:  # a broken CUDA context: the job's own error already says why
             logger.exception("torch.cuda.empty_cache() failed")
 
-    def _infer(self, job: TryOnJob) -> TryOnOutcome:
+    def _infer(self, ticket: QueuedWork) -> TryOnOutcome:
         assert self.models is not None
-        images, options = job.images, job.options
+        images, options = ticket.job.images, ticket.job.options
+        if ticket.stop.is_set():  # canceled just as the worker took it: no device time at all
+            raise InferenceCanceledError("canceled before it started")
+        started = time.perf_counter()
         timings: dict[str, float] = {}
         mask_image = images.mask_image
         if mask_image is None:
-            started = time.perf_counter()
+            ticket.notify("on_stage", "masking", self._eta_of(ticket))
             mask_image = self.models.masker(images.person_image, options.cloth_type).mask
             timings["mask"] = time.perf_counter() - started
+        ticket.notify("on_stage", "denoising", self._eta_of(ticket))
         result = self.models.pipeline(
             images.person_image,
             images.cloth_image,
@@ -400,8 +431,56 @@ class InferenceWorker:
             guidance_scale=options.guidance_scale,
             seed=options.seed,
             repaint=options.repaint,
+            on_step=StepReporter(self, ticket),
+            stop=ticket.stop,
         )
+        denoise_s = result.timings.get("denoise", 0.0)
+        self._step_times.observe_overhead(time.perf_counter() - started - denoise_s)
         # Prefixed: the pipeline's stage names (preprocess, encode, ...) recur in the route's.
         timings.update({f"pipeline_{stage}": seconds for stage, seconds in result.timings.items()})
         logger.info("inference done: seed %d, %d steps", result.seed, options.num_inference_steps)
-        return TryOnOutcome(image=result.image, seed=result.seed, timings=timings)
+        return TryOnOutcome(image=result.image, seed=result.seed, mask=result.mask, timings=timings)
+
+    def _eta_of(self, ticket: QueuedWork) -> float | None:
+        return self._step_times.remaining(ticket.steps_left, ticket.guided)
+
+
+class StepReporter:
+    """The pipeline's step callback for one work item: measures the step, tells the listener.
+
+    The first step's time is not measured (it also holds the VAE encoding and the set-up).
+    """
+
+    def __init__(self, worker: InferenceWorker, ticket: QueuedWork) -> None:
+        self.worker = worker
+        self.ticket = ticket
+        self.last_step_at: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        ticket = self.ticket
+        if self.last_step_at is not None:
+            self.worker._step_times.observe_step(ticket.guided, now - self.last_step_at)
+        self.last_step_at = now
+        ticket.steps_done = done
+        eta_s = self.worker._eta_of(ticket)
+        ticket.notify("on_step", done, total, eta_s)
+        if done == total:
+            ticket.notify("on_stage", "decoding", eta_s)
+
+
+def describe_model(pipeline: CatVTONPipeline) -> str:
+    """What makes a fixed-seed image reproducible: the weights, precision, device type and size."""
+    unet_config = dict(pipeline.unet.config)
+    return json.dumps(
+        {
+            "unet": unet_config.get("_name_or_path"),
+            "vae": dict(pipeline.vae.config).get("_name_or_path"),
+            "parameters": sum(parameter.numel() for parameter in pipeline.unet.parameters()),
+            "dtype": str(pipeline.dtype),
+            "device": pipeline.device.type,
+            "size": pipeline.size,
+        },
+        sort_keys=True,
+        default=str,
+    )

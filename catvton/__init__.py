@@ -12,6 +12,7 @@ Typical use::
 from catvton.errors import (
     CatVTONError,
     CheckpointMismatchError,
+    InferenceCanceledError,
     InvalidInputError,
     WeightsNotFoundError,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "CatVTONError",
     "CatVTONPipeline",
     "CheckpointMismatchError",
+    "InferenceCanceledError",
     "InvalidInputError",
     "ResolvedWeights",
     "TryOnResult",

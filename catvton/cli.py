@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
 
 from catvton.errors import CatVTONError, InvalidInputError
 from catvton.loading import DTYPES, choose_device, default_size, load_pipeline
@@ -159,16 +160,18 @@ def run_tryon(args: argparse.Namespace) -> None:
         mask = masker(person, cloth_type).mask
         print(f"mask        {time.perf_counter() - start:7.3f} s  (load and run the AutoMasker)")
 
-    # 3. Try on, and say where time went.
-    result = pipeline(
-        person,
-        cloth,
-        mask,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        repaint=args.repaint,
-    )
+    # 3. Try on with a progress bar (stderr), and say where time went.
+    with tqdm(total=args.steps, desc="denoise", unit="step", file=sys.stderr) as bar:
+        result = pipeline(
+            person,
+            cloth,
+            mask,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            repaint=args.repaint,
+            on_step=lambda done, total: bar.update(done - bar.n),
+        )
     for stage, seconds in result.timings.items():
         print(f"{stage:<11} {seconds:7.3f} s")
     print(f"denoise/step {result.timings['denoise'] / args.steps:6.3f} s")

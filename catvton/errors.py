@@ -68,3 +68,7 @@ class CheckpointMismatchError(CatVTONError, ValueError):
 
 class InvalidInputError(CatVTONError, ValueError):
     """An argument or an image that the library cannot work with; the message names the argument."""
+
+
+class InferenceCanceledError(CatVTONError):
+    """A try-on stopped at a denoising step because its caller asked (the ``stop`` event)."""

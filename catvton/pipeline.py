@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 
-from catvton.errors import InvalidInputError
+from catvton.errors import InferenceCanceledError, InvalidInputError
 from catvton.preprocess import (
     check_mask_shape,
     fit_cloth,
@@ -38,6 +39,9 @@ MAX_INFERENCE_STEPS = 1000
 # Seeds stay below 2**32 so that they survive JSON and JavaScript numbers unchanged.
 MAX_SEED = 2**32 - 1
 RANDOM_SEED = -1
+
+# Called after each denoising step with (steps done, total steps): 1..total, on the calling thread.
+StepCallback = Callable[[int, int], None]
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -60,10 +64,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class TryOnResult:
-    """One try-on: the image (RGB, working size), the seed that reproduces it, seconds per stage."""
+    """One try-on: the image (RGB, working size), the seed that reproduces it, seconds per stage,
+    and the mask the model used (mode L, working size, 255 = repainted)."""
 
     image: Image.Image
     seed: int
+    mask: Image.Image
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -106,6 +112,8 @@ class CatVTONPipeline:
         guidance_scale: float = 2.5,
         seed: int = 42,
         repaint: bool = False,
+        on_step: StepCallback | None = None,
+        stop: threading.Event | None = None,
     ) -> TryOnResult:
         """Dress ``person_image`` in ``cloth_image`` inside ``mask_image`` (white = repaint).
 
@@ -180,7 +188,10 @@ class CatVTONPipeline:
             # to the device each step, which waits for the queued work (a host sync per step).
             # The scheduler indexes its CPU tables with the same steps as Python ints.
             unet_timesteps = self.scheduler.timesteps.to(self.device)
-            for step, timestep in enumerate(self.scheduler.timesteps.tolist()):
+            timesteps = self.scheduler.timesteps.tolist()
+            for step, timestep in enumerate(timesteps):
+                if stop is not None and stop.is_set():
+                    raise InferenceCanceledError(f"stopped before step {step + 1}/{len(timesteps)}")
                 unet_input[:, :4] = self.scheduler.scale_model_input(latents, timestep)
                 # No text conditioning: diffusers accepts None, and the pass-through
                 # cross-attention never reads it.
@@ -193,6 +204,8 @@ class CatVTONPipeline:
                 latents = self.scheduler.step(
                     noise_pred, timestep, latents, eta=DDIM_ETA, generator=generator
                 ).prev_sample
+                if on_step is not None:
+                    on_step(step + 1, len(timesteps))
 
         # 5. Decode the person half only (rows 0..h-1 of the stack).
         with self._timed(timings, "decode"):
@@ -204,7 +217,7 @@ class CatVTONPipeline:
             image = tensor_to_image(decoded / 2 + 0.5)
             if repaint:
                 image = repaint_blend(person, image, mask)
-        return TryOnResult(image=image, seed=seed, timings=timings)
+        return TryOnResult(image=image, seed=seed, mask=mask, timings=timings)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE-decode; a non-finite half-precision result is decoded again in fp32.

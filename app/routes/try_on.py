@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 
 from fastapi import APIRouter, Request, Response
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import SettingsDep, WorkerDep
-from app.encoding import encode_image
-from app.errors import InvalidFieldError, describe_validation_errors
-from app.intake import FILE_FIELDS, decode_uploads, fit_to_size, receive_upload
+from app.dependencies import CacheDep, SettingsDep, WorkerDep
+from app.encoding import EncodedResult
+from app.intake import FILE_FIELDS
 from app.schemas import ErrorResponse, TryOnOptions, TryOnResponse
-from app.worker import TryOnJob
+from app.stages import (
+    StageTimer,
+    encode_outcome,
+    prepare_images,
+    receive_try_on,
+    success_body,
+)
+from app.work import TryOnJob
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["try-on"])
@@ -53,48 +55,10 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
-class StageTimer:
-    """Wall-clock milliseconds per named stage, for the response and the log line."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.timings_ms: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings_ms[stage] = round((time.perf_counter() - started) * 1000, 1)
-
-    def add_seconds(self, timings: dict[str, float]) -> None:
-        self.timings_ms.update({stage: round(s * 1000, 1) for stage, s in timings.items()})
-
-    def finish(self) -> dict[str, float]:
-        self.timings_ms["total"] = round((time.perf_counter() - self.started) * 1000, 1)
-        return self.timings_ms
-
-
 async def wait_for_disconnect(request: Request) -> None:
     """Return once the client hangs up; after the body is read, `receive` blocks until then."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def parse_options(fields: dict[str, str]) -> TryOnOptions:
-    """The text fields -> validated options, or 422 naming each bad field and its allowed range."""
-    try:
-        return TryOnOptions.model_validate(fields)
-    except ValidationError as exc:
-        names = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
-        ranges = [
-            f"{name} {allowed}"
-            for name in sorted(names)
-            if (allowed := TryOnOptions.allowed_values(name)) is not None
-        ]
-        hint = f" (allowed: {', '.join(ranges)})" if ranges else ""
-        raise InvalidFieldError(describe_validation_errors(exc.errors()) + hint) from exc
 
 
 @router.post(
@@ -104,22 +68,23 @@ def parse_options(fields: dict[str, str]) -> TryOnOptions:
     openapi_extra=TRY_ON_REQUEST_BODY,
     summary="Dress the person in the garment",
 )
-async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> Response:
+async def try_on(
+    request: Request, worker: WorkerDep, settings: SettingsDep, cache: CacheDep
+) -> Response:
     """Multipart in (person_image, cloth_image, optional mask_image and options), JSON out."""
     timer = StageTimer()
     with worker.admission():  # loading, failed or full: 503 before reading megabytes
-        with timer("upload"):
-            form = await receive_upload(request, max_file_bytes=settings.max_upload_bytes)
-        options = parse_options(form.fields)  # before any decoding: bad options cost nothing
+        received = await receive_try_on(request, settings, timer)
+        options = received.options
+        request.state.usage_steps = options.num_inference_steps
+        key = await received.cache_key(worker.model_identity) if cache else None
+        if key and (result := await cache.get(key)):
+            request.state.usage_cached = True
+            return await respond(request, result, options, timer, cached=True)
         size = worker.size
 
-        # 1. Decode the uploads (thread pool): bytes -> RGB images, or 413/415 naming the field
-        with timer("decode"):
-            images = await decode_uploads(form, size=size, max_pixels=settings.max_image_pixels)
-
-        # 2. Preprocess (thread pool): fit to the working size
-        with timer("preprocess"):
-            images = await fit_to_size(images, size)
+        # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
+        images = await prepare_images(received, size, settings, timer)
 
     # 3. Infer (the single device worker): mask unless given -> pipeline -> image
     with timer("infer"):
@@ -129,28 +94,39 @@ async def try_on(request: Request, worker: WorkerDep, settings: SettingsDep) -> 
         )
     timer.add_seconds(outcome.timings)
 
-    # 4. Encode (thread pool): PNG/JPEG/WebP -> base64 -> response
+    # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG
     with timer("encode"):
-        encoded = await run_in_threadpool(encode_image, outcome.image, options.output_format)
+        result = await encode_outcome(outcome, options)
+    if key:
+        await cache.put(key, result)
+    request.state.usage_cached = False
+    return await respond(request, result, options, timer, cached=False)
+
+
+async def respond(
+    request: Request,
+    result: EncodedResult,
+    options: TryOnOptions,
+    timer: StageTimer,
+    *,
+    cached: bool,
+) -> Response:
     timings_ms = timer.finish()
     logger.info(
-        "try-on done: %s, %d steps, seed %d, %s; ms %s",
+        "try-on done%s: %s, %d steps, seed %d, %s; ms %s",
+        " (cached)" if cached else "",
         options.cloth_type,
         options.num_inference_steps,
-        outcome.seed,
+        result.seed,
         options.output_format,
         timings_ms,
     )
-    response = TryOnResponse(
-        image_base64=encoded.base64,
-        mime_type=encoded.mime_type,
-        width=encoded.width,
-        height=encoded.height,
-        seed=outcome.seed,
+    content = await run_in_threadpool(
+        success_body,
+        result,
         request_id=request.state.request_id,
         timings_ms=timings_ms,
+        cached=cached,
+        return_mask=options.return_mask,
     )
-    # Serialised in the thread pool: a returned model would be validated again and dumped on the
-    # event loop (about 13 ms for a megabyte of base64, while /health waits).
-    content = await run_in_threadpool(response.model_dump_json, by_alias=True)
     return Response(content, media_type="application/json")

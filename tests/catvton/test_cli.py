@@ -56,10 +56,12 @@ def test_tryon_with_a_mask_writes_the_image_and_timings(
     out = tmp_path / "out.png"
     args = [*tryon_args(tiny_weights, image_files, out), "--mask", image_files["mask"]]
     assert main(list(map(str, args))) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     for stage in ("load", "preprocess", "encode", "denoise", "decode", "denoise/step"):
         assert stage in printed
     assert "seed 42" in printed
+    assert "denoise: 100%" in captured.err and "2/2" in captured.err  # tqdm's bar, on stderr
     with Image.open(out) as image:
         assert image.size == (96, 128) and image.mode == "RGB"
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from catvton import CatVTONPipeline, InvalidInputError, WeightSources, load_pipeline
+from catvton import (
+    CatVTONPipeline,
+    InferenceCanceledError,
+    InvalidInputError,
+    WeightSources,
+    load_pipeline,
+)
 from catvton.preprocess import fit_person
 from catvton.tiny import TINY_SIZE
 
@@ -178,3 +186,48 @@ def test_cuda_defaults_to_fp16_with_tf32_and_is_reproducible(tiny_weights, image
     # Bit-identity is promised on the CPU only; GPU kernels may differ in the last bit.
     assert np.abs(first.astype(int) - second.astype(int)).max() <= 2
     assert first.std() > 0
+
+
+def test_every_denoising_step_is_reported_in_order(tiny_pipeline, images) -> None:
+    batches, handle = count_unet_batches(tiny_pipeline)
+    reported: list[tuple[int, int, int]] = []  # (done, total, UNet calls so far)
+    try:
+        result = run(
+            tiny_pipeline,
+            images,
+            num_inference_steps=4,
+            guidance_scale=1.0,
+            on_step=lambda done, total: reported.append((done, total, len(batches))),
+        )
+    finally:
+        handle.remove()
+    assert reported == [(1, 4, 1), (2, 4, 2), (3, 4, 3), (4, 4, 4)]  # after each step's UNet call
+    assert result.mask.mode == "L" and result.mask.size == TINY_SIZE
+    assert set(np.unique(np.asarray(result.mask))) <= {0, 255}
+
+
+def test_stop_ends_the_call_before_the_next_step_and_the_next_call_runs(
+    tiny_pipeline, images
+) -> None:
+    stop = threading.Event()
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 2:
+            stop.set()
+
+    batches, handle = count_unet_batches(tiny_pipeline)
+    try:
+        with pytest.raises(InferenceCanceledError, match="before step 3/6"):
+            run(tiny_pipeline, images, num_inference_steps=6, on_step=stop_after_two, stop=stop)
+        assert len(batches) == 2
+        stopped_early = threading.Event()
+        stopped_early.set()
+        with pytest.raises(InferenceCanceledError, match="before step 1/"):
+            run(tiny_pipeline, images, stop=stopped_early)
+        assert len(batches) == 2  # a stop set beforehand: no UNet call at all
+        # The pipeline keeps no state from a stopped call: the same seed gives the same image.
+        after = run(tiny_pipeline, images, num_inference_steps=2, seed=5, stop=threading.Event())
+    finally:
+        handle.remove()
+    fresh = run(tiny_pipeline, images, num_inference_steps=2, seed=5)
+    assert np.array_equal(np.asarray(after.image), np.asarray(fresh.image))

@@ -1,0 +1,237 @@
+"""/api/try-on/jobs: submit, status, events, result, mask, cancel, delete (jobs.md).
+
+Submitting runs the synchronous route's intake (app.stages: same upload caps, options, decoding
+and fitting, so every intake protection covers both doors), then hands stages 3 and 4 to the job
+runner and answers 202 at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.clients import client_id
+from app.dependencies import CacheDep, JobsDep, SettingsDep, WorkerDep
+from app.encoding import EncodedResult
+from app.errors import (
+    IdempotencyKeyReusedError,
+    InvalidFieldError,
+    JobCanceledError,
+    JobFailedError,
+    JobNotFinishedError,
+    JobNotFoundError,
+)
+from app.jobs.documents import JOBS_PATH, JobDocument, render_json
+from app.jobs.events import event_stream
+from app.jobs.records import JOB_ID_PATTERN, JobRecord
+from app.jobs.store import JobStore
+from app.routes.try_on import ERROR_RESPONSES, TRY_ON_REQUEST_BODY
+from app.schemas import ErrorResponse
+from app.stages import StageTimer, prepare_images, receive_try_on, success_body
+from app.work import TryOnJob
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_BYTES = 255
+
+
+def _job_errors(*statuses: int) -> dict[int | str, dict]:
+    descriptions = {
+        404: "job_not_found: no such job (or a malformed id)",
+        409: "job_not_finished (Retry-After), or canceled",
+        410: "job_expired: the job and its result were forgotten (answered for 24 h)",
+    }
+    return {
+        status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses
+    }
+
+
+def valid_job_id(job_id: Annotated[str, Path(description="the jobId of the submit answer")]) -> str:
+    """A malformed id can name no job: 404 without a lookup (never a 422 or 500)."""
+    if not JOB_ID_PATTERN.match(job_id):
+        raise JobNotFoundError()
+    return job_id
+
+
+JobId = Annotated[str, Depends(valid_job_id)]
+
+
+def read_idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header: 1..255 visible ASCII characters, else 422."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_BYTES or not all("!" <= c <= "~" for c in key):
+        raise InvalidFieldError(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII "
+            "characters (no spaces or control characters), e.g. a UUID"
+        )
+    return key
+
+
+def document_response(
+    record: JobRecord, status_code: int, headers: dict[str, str] | None = None
+) -> Response:
+    headers = dict(headers or {})
+    if not record.final:
+        headers["Retry-After"] = "1"
+    return Response(
+        render_json(record), status_code, headers=headers, media_type="application/json"
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobDocument,
+    responses={**ERROR_RESPONSES, 200: {"description": "Idempotency-Key replay: the same job"}},
+    openapi_extra=TRY_ON_REQUEST_BODY,
+    summary="Submit a try-on job (the same fields as POST /api/try-on)",
+)
+async def submit_job(
+    request: Request, worker: WorkerDep, settings: SettingsDep, cache: CacheDep, jobs: JobsDep
+) -> Response:
+    """202 + Location at once; errors found before queueing are answered at once."""
+    timer = StageTimer()
+    key = read_idempotency_key(request)
+    client = client_id(request)
+    if key is not None and (existing := await jobs.store.claimed(client, key)) is not None:
+        received = await receive_try_on(request, settings, timer)  # the body decides: replay?
+        return replay(existing, await received.fingerprint())
+
+    with worker.admission("job"):  # loading, failed, stopping or full: 503 before any byte
+        received = await receive_try_on(request, settings, timer)
+        options = received.options
+        request.state.usage_steps = options.num_inference_steps
+        record = jobs.new_record(
+            client=client,
+            request_id=request.state.request_id,
+            options=options,
+            idempotency_key=key,
+            fingerprint=await received.fingerprint() if key is not None else None,
+        )
+        cache_key = await received.cache_key(worker.model_identity) if cache else None
+        request.state.usage_cached = False
+        if cache_key and (result := await cache.get(cache_key)):
+            request.state.usage_cached = True
+            stored, created = await jobs.add_cached(record, result, timer=timer)
+        else:
+            size = worker.size
+            # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
+            images = await prepare_images(received, size, settings, timer)
+            # 3. Infer and 4. encode: queued; the job runner takes it from here
+            stored, created = await jobs.submit(
+                record, TryOnJob(images=images, options=options), timer=timer, cache_key=cache_key
+            )
+    if not created:  # the same key sent twice at once: one job
+        return replay(stored, record.fingerprint)
+    logger.info("job %s submitted (%s)", stored.job_id, stored.status)
+    location = f"{JOBS_PATH}/{stored.job_id}"
+    return document_response(stored, 202, {"Location": location, "Retry-After": "1"})
+
+
+def replay(existing: JobRecord, fingerprint: str | None) -> Response:
+    """The same Idempotency-Key: the existing job if the body is the same, else 422."""
+    if existing.fingerprint != fingerprint:
+        raise IdempotencyKeyReusedError()
+    headers = {"Idempotent-Replayed": "true", "Location": f"{JOBS_PATH}/{existing.job_id}"}
+    return document_response(existing, 200, headers)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobDocument,
+    responses=_job_errors(404, 410),
+    summary="The job document (poll every second; Retry-After while not final)",
+)
+async def get_job(job_id: JobId, jobs: JobsDep) -> Response:
+    return document_response(await jobs.store.get(job_id), 200)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **_job_errors(404, 410)},
+    summary="Server-sent events: the document, then one `job` event per change",
+)
+async def job_events(job_id: JobId, request: Request, jobs: JobsDep) -> EventSourceResponse:
+    await jobs.store.get(job_id)  # 404 / 410 as a plain answer, before the stream starts
+    return event_stream(jobs.store, job_id, request.state.request_id)
+
+
+async def finished_result(store: JobStore, job_id: str) -> tuple[JobRecord, EncodedResult]:
+    """A succeeded job's record and result; else the job's own error, 409 or 404/410."""
+    record = await store.get(job_id)
+    if record.status == "succeeded":
+        result = await store.result(job_id)
+        if result is not None:
+            return record, result
+    if record.status == "canceled":
+        raise JobCanceledError()
+    if record.status == "failed" and record.error is not None:
+        error = record.error
+        raise JobFailedError(error.code, error.message, error.status_code, error.retry_after_s)
+    raise JobNotFinishedError(record.status)
+
+
+@router.get(
+    "/{job_id}/result",
+    responses={
+        200: {"content": {"image/png": {}, "application/json": {}}},
+        **_job_errors(404, 409, 410),
+        503: ERROR_RESPONSES[503],
+    },
+    summary="The image (or with Accept: application/json, the body POST /api/try-on returns)",
+)
+async def get_result(job_id: JobId, request: Request, jobs: JobsDep) -> Response:
+    record, result = await finished_result(jobs.store, job_id)
+    if "application/json" in request.headers.get("accept", ""):
+        assert record.output is not None
+        content = await run_in_threadpool(
+            success_body,
+            result,
+            request_id=record.request_id,
+            timings_ms=record.output.timings_ms,
+            cached=record.cached,
+            return_mask=record.return_mask,
+        )
+        return Response(content, media_type="application/json")
+    return Response(result.image.data, media_type=result.image.mime_type)
+
+
+@router.get(
+    "/{job_id}/mask",
+    responses={200: {"content": {"image/png": {}}}, **_job_errors(404, 409, 410)},
+    summary="PNG of the mask the model used (white = repainted), working size",
+)
+async def get_mask(job_id: JobId, jobs: JobsDep) -> Response:
+    _, result = await finished_result(jobs.store, job_id)
+    return Response(result.mask.data, media_type=result.mask.mime_type)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobDocument,
+    responses={202: {"description": "running: it stops at its next step"}, **_job_errors(404, 410)},
+    summary="Cancel: queued or final 200, running 202 (cancelRequested)",
+)
+async def cancel_job(job_id: JobId, jobs: JobsDep) -> Response:
+    record = await jobs.cancel(job_id)
+    return document_response(record, 200 if record.final else 202)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    responses=_job_errors(404, 410),
+    summary="Cancel if needed, then forget the job and its result",
+)
+async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
+    await jobs.delete(job_id)
+    return Response(status_code=204)

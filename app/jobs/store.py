@@ -1,0 +1,239 @@
+"""Where job records and results live: the `JobStore` interface and the in-memory default.
+
+The routes and the job runner only use this interface, so a Redis implementation (the scaled-out
+mode, app/cluster) stands in without touching them. Every method is `async` for that reason; the
+in-memory store never actually waits.
+
+The contract every implementation keeps:
+
+- Records are `JobRecord` snapshots; `update` and `finish` replace a record and bump its `version`.
+- `create` and its Idempotency-Key claim are one atomic step: two submissions with the same key
+  make one job (the second gets the first's record back, `created` False).
+- Results are `EncodedResult` bytes (never base64), stored by `finish`, read by `result`.
+- Retention: a final record and its result live `ttl_s` seconds after they finish. Results are
+  bounded by `max_bytes`, records by `max_jobs`: the oldest FINISHED jobs are evicted first; a
+  queued or running job is never evicted (the newest result is kept even if it alone is over the
+  byte cap: its client has not fetched it yet). A forgotten (expired or evicted) id raises
+  `JobExpiredError` (410) for `TOMBSTONE_S` seconds, then `JobNotFoundError` (404); a deleted
+  id is forgotten at once (404).
+- `watch` yields the current record, then each newer one, and ends after a final record, or when
+  the job is forgotten (the last record yielded is then not final). A slow watcher may skip
+  intermediate versions: it always gets the newest, never an older one (Redis: pub/sub on the
+  job's channel, then a read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from app.encoding import EncodedResult
+from app.errors import JobExpiredError, JobNotFoundError
+from app.jobs.records import JobRecord
+
+TOMBSTONE_S = 24 * 3600
+MAX_TOMBSTONES = 100_000  # ~10 MB of ids; beyond it the oldest answer 404 instead of 410 early
+
+
+class JobStore(ABC):
+    """Job records, their results and the Idempotency-Key claims (see the module docstring)."""
+
+    @abstractmethod
+    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Add `record`; with `record.idempotency_key`, claim it for `record.client` atomically.
+
+        Returns (record, True), or (the existing job's record, False) when the client's key is
+        already claimed (the caller compares fingerprints).
+        """
+
+    @abstractmethod
+    async def claimed(self, client: str, idempotency_key: str) -> JobRecord | None:
+        """The record of the job that `client`'s `idempotency_key` names, or None."""
+
+    @abstractmethod
+    async def get(self, job_id: str) -> JobRecord:
+        """The current record; raises JobNotFoundError or JobExpiredError."""
+
+    @abstractmethod
+    async def update(self, job_id: str, **changes: Any) -> JobRecord:
+        """Replace the named fields, bump `version`, wake the watchers; raises as `get`."""
+
+    @abstractmethod
+    async def finish(
+        self, job_id: str, result: EncodedResult | None = None, **changes: Any
+    ) -> JobRecord:
+        """Like `update` for the final change (`changes` holds the final status): stores `result`,
+        sets `expires_at`, and evicts the oldest finished jobs beyond the caps."""
+
+    @abstractmethod
+    async def result(self, job_id: str) -> EncodedResult | None:
+        """The stored result (None for a job without one); raises as `get`."""
+
+    @abstractmethod
+    async def delete(self, job_id: str) -> None:
+        """Forget the job, its result and its idempotency key; later lookups answer 404."""
+
+    @abstractmethod
+    def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """The current record, then each newer one, until a final one or the job is forgotten.
+
+        Raises as `get` (on the first iteration) when the job is unknown.
+        """
+
+
+class InMemoryJobStore(JobStore):
+    """The single-process default: dicts in this process, bounded and expiring as promised.
+
+    Expiry is lazy: each call first drops what expired (finished jobs sit in an ordered dict in
+    finish order, so this is O(expired)), so no background task is needed.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl_s: float,
+        max_bytes: int,
+        max_jobs: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self.max_jobs = max_jobs
+        self._clock = clock
+        self._records: dict[str, JobRecord] = {}
+        self._results: dict[str, EncodedResult] = {}
+        self._result_bytes = 0
+        self._finished: OrderedDict[str, None] = OrderedDict()  # oldest finished first
+        self._keys: dict[tuple[str, str], str] = {}  # (client, Idempotency-Key) -> job id
+        self._tombstones: OrderedDict[str, float] = OrderedDict()  # forgotten id -> when
+        self._changed: dict[str, asyncio.Event] = {}  # set and dropped on each change
+
+    @property
+    def result_bytes(self) -> int:
+        return self._result_bytes
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        self._expire()
+        if record.idempotency_key is not None:
+            scope = (record.client, record.idempotency_key)
+            if (existing := self._keys.get(scope)) is not None:
+                return self._records[existing], False
+            self._keys[scope] = record.job_id
+        self._records[record.job_id] = record
+        self._evict_beyond_caps(keep=record.job_id)
+        return record, True
+
+    async def claimed(self, client: str, idempotency_key: str) -> JobRecord | None:
+        self._expire()
+        job_id = self._keys.get((client, idempotency_key))
+        return None if job_id is None else self._records[job_id]
+
+    async def get(self, job_id: str) -> JobRecord:
+        self._expire()
+        return self._lookup(job_id)
+
+    async def update(self, job_id: str, **changes: Any) -> JobRecord:
+        self._expire()
+        return self._replace(job_id, changes)
+
+    async def finish(
+        self, job_id: str, result: EncodedResult | None = None, **changes: Any
+    ) -> JobRecord:
+        self._expire()
+        now = self._clock()
+        record = self._replace(
+            job_id, {"finished_at": now, "expires_at": now + self.ttl_s, **changes}
+        )
+        if result is not None:
+            self._results[job_id] = result
+            self._result_bytes += result.nbytes
+        self._finished[job_id] = None
+        self._evict_beyond_caps(keep=job_id)
+        return record
+
+    async def result(self, job_id: str) -> EncodedResult | None:
+        self._expire()
+        self._lookup(job_id)
+        return self._results.get(job_id)
+
+    async def delete(self, job_id: str) -> None:
+        self._expire()
+        self._lookup(job_id)
+        self._forget(job_id, tombstone=False)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        record = await self.get(job_id)
+        yield record
+        while not record.final:
+            changed = self._changed.setdefault(job_id, asyncio.Event())
+            current = self._records.get(job_id)
+            if current is None:  # forgotten: the caller sees a last record that is not final
+                return
+            if current.version > record.version:
+                record = current
+                yield record
+                continue
+            await changed.wait()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _lookup(self, job_id: str) -> JobRecord:
+        record = self._records.get(job_id)
+        if record is not None:
+            return record
+        if job_id in self._tombstones:
+            raise JobExpiredError()
+        raise JobNotFoundError()
+
+    def _replace(self, job_id: str, changes: dict[str, Any]) -> JobRecord:
+        record = self._lookup(job_id)
+        record = record.model_copy(update={**changes, "version": record.version + 1})
+        self._records[job_id] = record
+        self._notify(job_id)
+        return record
+
+    def _notify(self, job_id: str) -> None:
+        if (changed := self._changed.pop(job_id, None)) is not None:
+            changed.set()
+
+    def _forget(self, job_id: str, *, tombstone: bool) -> None:
+        record = self._records.pop(job_id)
+        if (result := self._results.pop(job_id, None)) is not None:
+            self._result_bytes -= result.nbytes
+        self._finished.pop(job_id, None)
+        if record.idempotency_key is not None:
+            self._keys.pop((record.client, record.idempotency_key), None)
+        if tombstone:
+            self._tombstones[job_id] = self._clock()
+            while len(self._tombstones) > MAX_TOMBSTONES:
+                self._tombstones.popitem(last=False)
+        self._notify(job_id)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._finished:
+            oldest = next(iter(self._finished))
+            expires_at = self._records[oldest].expires_at
+            if expires_at is None or expires_at > now:
+                break
+            self._forget(oldest, tombstone=True)
+        while self._tombstones:
+            oldest, forgotten_at = next(iter(self._tombstones.items()))
+            if forgotten_at + TOMBSTONE_S > now:
+                break
+            del self._tombstones[oldest]
+
+    def _evict_beyond_caps(self, *, keep: str) -> None:
+        """Evict the oldest finished jobs (never `keep`, never an active one) until within caps."""
+        for job_id in list(self._finished):
+            if len(self._records) <= self.max_jobs and self._result_bytes <= self.max_bytes:
+                return
+            if job_id != keep:
+                self._forget(job_id, tombstone=True)
