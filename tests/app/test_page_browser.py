@@ -96,6 +96,7 @@ def page_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
         partial(load_models, tiny_settings(tiny_weights)),
         queue_size=settings.queue_size,
         queue_timeout=settings.queue_timeout,
+        max_queued_jobs=settings.max_queued_jobs,
     )
     with serve(settings, worker) as base_url:
         assert wait_until_ready(base_url)["status"] == "ok"
