@@ -116,7 +116,7 @@ async def submit_job(
             idempotency_key=key,
             fingerprint=await received.fingerprint() if key is not None else None,
         )
-        cache_key = await received.cache_key(worker.model_identity) if cache else None
+        cache_key = await received.cache_key(worker.model_identity) if cache is not None else None
         request.state.usage_cached = False
         if cache_key and (result := await cache.get(cache_key)):
             request.state.usage_cached = True

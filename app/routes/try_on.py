@@ -77,7 +77,7 @@ async def try_on(
         received = await receive_try_on(request, settings, timer)
         options = received.options
         request.state.usage_steps = options.num_inference_steps
-        key = await received.cache_key(worker.model_identity) if cache else None
+        key = await received.cache_key(worker.model_identity) if cache is not None else None
         if key and (result := await cache.get(key)):
             request.state.usage_cached = True
             return await respond(request, result, options, timer, cached=True)

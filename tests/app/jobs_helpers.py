@@ -1,0 +1,116 @@
+"""Job test helpers: submit over real HTTP, poll, read server-sent events, count UNet calls.
+
+UNet calls are attributed to requests by the request id the device worker runs each job under
+(a torch forward pre-hook on the real network reads it), so a test can prove a canceled job
+never reached the GPU and in which order the two doors were served.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections import Counter
+
+import httpx
+import torch
+from http_helpers import multipart, try_on_parts
+from PIL import Image
+
+from app.request_id import current_request_id
+
+JOBS = "/api/try-on/jobs"
+# Ten steps without guidance: the cheapest valid try-on. A user mask skips the AutoMasker.
+FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
+SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
+
+
+def mask_bytes(size: tuple[int, int] = (120, 160)) -> bytes:
+    """A mask with the person's shape (see http_helpers.image_bytes), white over the torso."""
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def masked_parts(**fields: str) -> list:
+    return [*try_on_parts(**fields), ("mask_image", mask_bytes(), "mask.png", "image/png")]
+
+
+def submit(
+    base_url: str, parts: list, headers: dict[str, str] | None = None, path: str = JOBS
+) -> httpx.Response:
+    body, content_type = multipart(parts)
+    return httpx.post(
+        f"{base_url}{path}",
+        content=body,
+        headers={"Content-Type": content_type, **(headers or {})},
+        timeout=120,
+    )
+
+
+def document(base_url: str, job_id: str) -> dict:
+    response = httpx.get(f"{base_url}{JOBS}/{job_id}", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for_job(base_url: str, job_id: str, condition, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = document(base_url, job_id)
+        if condition(body):
+            return body
+        time.sleep(0.02)
+    raise TimeoutError(f"job never matched: {document(base_url, job_id)}")
+
+
+def wait_final(base_url: str, job_id: str, timeout: float = 300) -> dict:
+    return wait_for_job(
+        base_url,
+        job_id,
+        lambda body: body["status"] in ("succeeded", "failed", "canceled"),
+        timeout,
+    )
+
+
+def read_events(base_url: str, job_id: str, timeout: float = 300) -> list[tuple[str, str, dict]]:
+    """Stream a job's events with a real streaming client: (event, id, data) until it ends."""
+    events: list[tuple[str, str, dict]] = []
+    fields: dict[str, str] = {}
+    with httpx.stream("GET", f"{base_url}{JOBS}/{job_id}/events", timeout=timeout) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if "data" in fields:
+                    events.append(
+                        (fields.get("event", ""), fields.get("id", ""), json.loads(fields["data"]))
+                    )
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+    return events
+
+
+class UNetCalls:
+    """Counts UNet forwards per request id (the worker runs each job in its request's context)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.lock = threading.Lock()
+        self.by_request: Counter[str] = Counter()
+        self.order: list[str] = []
+        self.handle = unet.register_forward_pre_hook(self.count)
+
+    def count(self, module: torch.nn.Module, args: tuple) -> None:
+        request_id = current_request_id() or "-"
+        with self.lock:
+            self.by_request[request_id] += 1
+            if not self.order or self.order[-1] != request_id:
+                self.order.append(request_id)
+
+    def remove(self) -> None:
+        self.handle.remove()
