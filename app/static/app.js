@@ -83,7 +83,7 @@
   function askForKey(text) {
     keyForm.hidden = false;
     run.waitingForKey = true;
-    showMessage(text || "This server needs an API key: enter it below.", "error");
+    showMessage(text, "error");
     keyInput.focus();
   }
 
@@ -324,12 +324,12 @@
     submitButton.disabled = active;
     cancelButton.hidden = !active;
     cancelButton.disabled = false;
-    $("result").setAttribute("aria-busy", String(active));
     if (active) {
       progressArea.hidden = false;
       setProgress(0, "Uploading the photos");
-      progressArea.scrollIntoView({ block: "nearest" }); // on a phone it is below the fold
+      $("result").scrollIntoView({ block: "nearest" }); // on a phone it is below the form
     } else {
+      progressArea.hidden = true; // the result, or the message, says how it ended
       run.controller = null;
       run.jobId = null;
       run.cancelRequested = false;
@@ -486,12 +486,10 @@
       if (final.status === "succeeded") {
         const imageUrl = await fetchBlobUrl(final.result.imageUrl, signal);
         showResult({ ...final.result, imageUrl, cached: final.cached, personUrl, summary });
-        setProgress(1, "Done");
       } else {
         URL.revokeObjectURL(personUrl);
         const words = final.error ? final.error.message : `The try-on ${final.status}.`;
         showMessage(words, final.status === "canceled" ? "info" : "error");
-        setProgress(0, final.status === "canceled" ? "Canceled" : "Failed");
       }
     } catch (error) {
       URL.revokeObjectURL(personUrl);
@@ -504,16 +502,14 @@
   function showFailure(error, signal) {
     if (signal.aborted) {
       showMessage("Canceled before the job was queued.", "info");
-      setProgress(0, "Canceled");
       return;
     }
-    setProgress(0, "Stopped");
     if (!(error instanceof ApiError)) {
       showMessage("Could not reach the server: check the connection and try again.", "error");
       return;
     }
     if (error.status === 401) {
-      askForKey(`${error.message} Enter the key below; it is kept in this browser.`);
+      askForKey(`${error.message} Enter it in the API key field; it is kept in this browser.`);
       return;
     }
     showMessage(error.message, "error");
@@ -550,23 +546,41 @@
     return `try-on-seed-${result.seed}.${EXTENSIONS[result.mimeType] || "png"}`;
   }
 
+  // "total" first; the stages as the API names them, without the "pipeline_" prefix.
+  function timingsElement(timingsMs) {
+    const fragment = document.createDocumentFragment();
+    const { total, ...stages } = timingsMs || {};
+    fragment.append(total === undefined ? "not reported" : `${formatMs(total)} in total`);
+    const names = Object.keys(stages);
+    if (!names.length) return fragment;
+    const breakdown = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "By stage";
+    const list = document.createElement("ul");
+    for (const name of names) {
+      const item = document.createElement("li");
+      item.textContent = `${name.replace(/^pipeline_/, "").replaceAll("_", " ")}: ${formatMs(stages[name])}`;
+      list.append(item);
+    }
+    breakdown.append(summary, list);
+    fragment.append(breakdown);
+    return fragment;
+  }
+
   function showDetails(result) {
     const details = $("details");
     details.replaceChildren();
-    const timings = Object.entries(result.timingsMs || {})
-      .map(([stage, ms]) => `${stage} ${formatMs(ms)}`)
-      .join("\n");
     const rows = [
       ["Seed", String(result.seed)],
       ["Size", `${result.width} × ${result.height}`],
-      ["Timings", timings || "not reported"],
+      ["Time", timingsElement(result.timingsMs)],
       ["From cache", result.cached ? "yes (same photos, options and seed)" : "no"],
     ];
     for (const [term, value] of rows) {
       const dt = document.createElement("dt");
       dt.textContent = term;
       const dd = document.createElement("dd");
-      dd.textContent = value;
+      dd.append(value);
       details.append(dt, dd);
     }
   }

@@ -192,9 +192,9 @@ def test_full_try_on_through_the_page(
         RESULT,
     )
     assert tuple(result_size) == TINY_SIZE  # the server's image, at the working size
-    assert progress_percent(browser) == 100
+    assert not browser.find_element(By.ID, "progress-area").is_displayed()  # ended
     details = browser.find_element(By.ID, "details").text
-    assert "Seed\n42" in details and "Timings" in details, details
+    assert "Seed\n42" in details and "in total" in details, details
     download = by_accessible_name(browser, "Download")
     assert download.get_attribute("href").startswith("blob:")
     assert download.get_attribute("download") == "try-on-seed-42.png"
@@ -237,7 +237,7 @@ def test_cancel_stops_the_running_job(
         wait_until(browser, lambda d: "Canceling" in d.find_element(By.ID, "stage").text)
     # Released: the pipeline stops at its next step and the job ends "canceled".
     wait_until(browser, lambda d: "cancel" in alert_texts(d).lower())
-    assert browser.find_element(By.ID, "stage").text == "Canceled"
+    assert not browser.find_element(By.ID, "progress-area").is_displayed()
     assert not browser.find_element(By.ID, "result-view").is_displayed()
     assert not browser.find_element(By.ID, "cancel").is_displayed()
     assert by_accessible_name(browser, "Try on").is_enabled()
