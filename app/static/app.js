@@ -347,18 +347,16 @@
 
   function describeJob(job) {
     if (job.cancelRequested && !FINAL_STATES.has(job.status)) return ["Canceling", ""];
-    if (job.status === "queued") {
-      const ahead = job.queuePosition;
-      if (ahead === null || ahead === undefined) return [STAGE_WORDS.queued, ""];
-      return [STAGE_WORDS.queued, ahead === 0 ? "next in line" : `${ahead} ahead`];
-    }
-    const words = STAGE_WORDS[job.stage] || "Working";
     const parts = [];
+    if (job.status === "queued" && typeof job.queuePosition === "number") {
+      parts.push(job.queuePosition === 0 ? "next in line" : `${job.queuePosition} ahead`);
+    }
     if (job.stage === "denoising" && job.progress) {
       parts.push(`step ${job.progress.step} of ${job.progress.totalSteps}`);
     }
     if (typeof job.etaSeconds === "number") parts.push(`about ${Math.ceil(job.etaSeconds)} s left`);
-    return [words, parts.join(", ")];
+    const words = job.status === "queued" ? STAGE_WORDS.queued : STAGE_WORDS[job.stage];
+    return [words || "Working", parts.join(", ")];
   }
 
   function showJob(job) {

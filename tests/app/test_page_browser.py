@@ -288,6 +288,36 @@ def test_gpu_busy_is_retried_after_retry_after(
     assert "GPU is busy" not in alert_texts(browser)
 
 
+def test_queue_position_then_polling_when_the_events_stream_fails(
+    browser: WebDriver,
+    page_server: tuple[str, InferenceWorker],
+    photos: dict[str, Path],
+    screenshots: Path,
+) -> None:
+    base_url, worker = page_server
+    open_page(browser, base_url, DESKTOP)
+    choose_photos(browser, photos["person"], photos["garment"], "14")
+    body, content_type = multipart(try_on_parts(seed="-1", num_inference_steps="10"))
+    # The browser itself refuses the events URL: the page must fall back to polling the job.
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/events"]})
+    try:
+        with (
+            StepGate(worker.models.pipeline.unet, hold_at=1) as gate,
+            httpx.Client(base_url=base_url, headers={"Content-Type": content_type}) as client,
+        ):
+            assert client.post("/api/try-on/jobs", content=body).status_code == 202
+            assert gate.reached.wait(60)
+            by_accessible_name(browser, "Try on").click()
+            stage = browser.find_element(By.ID, "stage")
+            wait_until(browser, lambda d: "Waiting in the queue: next in line" in stage.text)
+            screenshot(browser, screenshots, "queued-desktop")
+        wait_until(browser, lambda d: image_loaded(d, RESULT), 120)
+    finally:
+        browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        browser.execute_cdp_cmd("Network.disable", {})
+
+
 def test_banners_say_loading_then_why_the_load_failed(
     browser: WebDriver,
     tmp_path: Path,
