@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -119,21 +121,69 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def open_page(driver: WebDriver, base_url: str, viewport: tuple[int, int]) -> None:
-    set_viewport(driver, viewport)
-    driver.get(f"{base_url}/")
-    # /health answered: the demo banner is up.
-    wait_until(driver, lambda d: "DEMO MODE" in d.find_element(By.ID, "banner").text, 30)
-
-
 def choose_photos(driver: WebDriver, person: Path, garment: Path, steps: str) -> None:
-    """Pick both files (the previews must draw) and ask for few steps to keep the test fast."""
+    """Pick both files and ask for few steps (tests stay fast; each test its own count, since a
+    repeated fixed-seed request would come from the result cache)."""
     by_accessible_name(driver, "Person photo").send_keys(str(person))
     by_accessible_name(driver, "Garment photo").send_keys(str(garment))
     driver.find_element(By.CSS_SELECTOR, "details.options summary").click()
     steps_field = by_accessible_name(driver, "Steps (10 to 100)")
     steps_field.clear()
     steps_field.send_keys(steps)
+
+
+@dataclass
+class DemoPage:
+    """The browser on the demo server's page, with the photos and the screenshot folder."""
+
+    driver: WebDriver
+    base_url: str
+    worker: InferenceWorker
+    photos: dict[str, Path]
+    screenshots: Path
+
+    def open(self, viewport: tuple[int, int]) -> WebDriver:
+        set_viewport(self.driver, viewport)
+        self.driver.get(f"{self.base_url}/")
+        # /health answered: the demo banner is up.
+        banner = self.driver.find_element(By.ID, "banner")
+        wait_until(self.driver, lambda d: "DEMO MODE" in banner.text, 30)
+        return self.driver
+
+    def choose(self, person: str, steps: str) -> None:
+        choose_photos(self.driver, self.photos[person], self.photos["garment"], steps)
+
+    def hold_unet(self, hold_at: int) -> StepGate:
+        return StepGate(self.worker.models.pipeline.unet, hold_at)
+
+    def shot(self, name: str) -> None:
+        screenshot(self.driver, self.screenshots, name)
+
+
+@pytest.fixture
+def demo_page(
+    browser: WebDriver,
+    page_server: tuple[str, InferenceWorker],
+    photos: dict[str, Path],
+    screenshots: Path,
+) -> DemoPage:
+    base_url, worker = page_server
+    return DemoPage(browser, base_url, worker, photos, screenshots)
+
+
+@contextmanager
+def gpu_held_by_api_jobs(page: DemoPage, queued: int) -> Iterator[None]:
+    """Another client's job running (held in the UNet) and `queued` more of them behind it."""
+    body, content_type = multipart(try_on_parts(seed="-1", num_inference_steps="10"))
+    with (
+        page.hold_unet(hold_at=1) as gate,
+        httpx.Client(base_url=page.base_url, headers={"Content-Type": content_type}) as client,
+    ):
+        assert client.post("/api/try-on/jobs", content=body).status_code == 202
+        assert gate.reached.wait(60)
+        for _ in range(queued):
+            assert client.post("/api/try-on/jobs", content=body).status_code == 202
+        yield
 
 
 def progress_percent(driver: WebDriver) -> int:
@@ -149,42 +199,30 @@ def wait_running_with_progress(driver: WebDriver, gate: StepGate) -> None:
     assert "Denoising" in driver.find_element(By.ID, "stage").text
 
 
-def test_page_names_its_controls_and_shows_the_demo_banner(
-    browser: WebDriver, page_server: tuple[str, InferenceWorker], screenshots: Path
-) -> None:
-    base_url, _ = page_server
-    open_page(browser, base_url, DESKTOP)
+def test_page_names_its_controls_and_shows_the_demo_banner(demo_page: DemoPage) -> None:
+    browser = demo_page.open(DESKTOP)
     for name in ("Person photo", "Garment photo", "Garment type", "Try on"):
         by_accessible_name(browser, name)
-    assert Select(by_accessible_name(browser, "Garment type")).first_selected_option.get_attribute(
-        "value"
-    ) == ("upper")  # the API's default
+    garment_type = Select(by_accessible_name(browser, "Garment type"))
+    assert garment_type.first_selected_option.get_attribute("value") == "upper"  # API default
     assert browser.find_element(By.ID, "banner").get_attribute("role") == "alert"
-    screenshot(browser, screenshots, "start-desktop")
+    demo_page.shot("start-desktop")
 
 
 @pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
-def test_full_try_on_through_the_page(
-    browser: WebDriver,
-    page_server: tuple[str, InferenceWorker],
-    photos: dict[str, Path],
-    screenshots: Path,
-    viewport: tuple[int, int],
-) -> None:
-    base_url, worker = page_server
+def test_full_try_on_through_the_page(demo_page: DemoPage, viewport: tuple[int, int]) -> None:
     label = "phone" if viewport == PHONE else "desktop"
-    # Steps differ per width: a repeated fixed-seed request would come from the result cache.
     steps = "10" if viewport == PHONE else "11"
-    open_page(browser, base_url, viewport)
-    choose_photos(browser, photos["person"], photos["garment"], steps)
+    browser = demo_page.open(viewport)
+    demo_page.choose("person", steps)
     wait_until(browser, lambda d: image_loaded(d, "#person-preview"))
     wait_until(browser, lambda d: image_loaded(d, "#garment-preview"))
-    screenshot(browser, screenshots, f"photos-chosen-{label}")
+    demo_page.shot(f"photos-chosen-{label}")
 
-    with StepGate(worker.models.pipeline.unet, hold_at=3) as gate:
+    with demo_page.hold_unet(hold_at=3) as gate:
         by_accessible_name(browser, "Try on").click()
         wait_running_with_progress(browser, gate)
-        screenshot(browser, screenshots, f"progress-{label}")
+        demo_page.shot(f"progress-{label}")
     wait_until(browser, lambda d: image_loaded(d, RESULT))
 
     result_size = browser.execute_script(
@@ -201,7 +239,7 @@ def test_full_try_on_through_the_page(
     by_accessible_name(browser, "Show mask").click()
     wait_until(browser, lambda d: image_loaded(d, "#mask-image"))
     assert not by_accessible_name(browser, "Try on").get_attribute("disabled")
-    screenshot(browser, screenshots, f"result-{label}")
+    demo_page.shot(f"result-{label}")
 
     # A second try-on with a random seed: the first result moves to "Earlier results".
     browser.find_element(By.ID, "random-seed").click()
@@ -212,7 +250,7 @@ def test_full_try_on_through_the_page(
     history = browser.find_element(By.ID, "history")
     assert f"{steps} steps, seed 42" in history.text, history.text
     browser.execute_script("arguments[0].scrollIntoView()", history)
-    screenshot(browser, screenshots, f"history-{label}")
+    demo_page.shot(f"history-{label}")
 
     # The first request again: answered from the result cache, and the page says so.
     browser.find_element(By.ID, "random-seed").click()
@@ -221,16 +259,10 @@ def test_full_try_on_through_the_page(
     wait_until(browser, lambda d: "From cache\nyes" in d.find_element(By.ID, "details").text)
 
 
-def test_cancel_stops_the_running_job(
-    browser: WebDriver,
-    page_server: tuple[str, InferenceWorker],
-    photos: dict[str, Path],
-    screenshots: Path,
-) -> None:
-    base_url, worker = page_server
-    open_page(browser, base_url, DESKTOP)
-    choose_photos(browser, photos["person"], photos["garment"], steps="50")
-    with StepGate(worker.models.pipeline.unet, hold_at=3) as gate:
+def test_cancel_stops_the_running_job(demo_page: DemoPage) -> None:
+    browser = demo_page.open(DESKTOP)
+    demo_page.choose("person", "50")
+    with demo_page.hold_unet(hold_at=3) as gate:
         by_accessible_name(browser, "Try on").click()
         wait_running_with_progress(browser, gate)
         by_accessible_name(browser, "Cancel").click()
@@ -241,77 +273,46 @@ def test_cancel_stops_the_running_job(
     assert not browser.find_element(By.ID, "result-view").is_displayed()
     assert not browser.find_element(By.ID, "cancel").is_displayed()
     assert by_accessible_name(browser, "Try on").is_enabled()
-    screenshot(browser, screenshots, "canceled-desktop")
+    demo_page.shot("canceled-desktop")
 
 
-def test_unsupported_file_is_named_and_focused(
-    browser: WebDriver,
-    page_server: tuple[str, InferenceWorker],
-    photos: dict[str, Path],
-    screenshots: Path,
-) -> None:
-    base_url, _ = page_server
-    open_page(browser, base_url, PHONE)
-    choose_photos(browser, photos["pdf"], photos["garment"], "10")
+def test_unsupported_file_is_named_and_focused(demo_page: DemoPage) -> None:
+    browser = demo_page.open(PHONE)
+    demo_page.choose("pdf", "10")
     by_accessible_name(browser, "Try on").click()
     wait_until(browser, lambda d: "person_image" in alert_texts(d))
     person_input = by_accessible_name(browser, "Person photo")
     assert person_input.get_attribute("aria-invalid") == "true"
     assert browser.switch_to.active_element == person_input
     assert by_accessible_name(browser, "Garment photo").get_attribute("aria-invalid") is None
-    screenshot(browser, screenshots, "unsupported-file-phone")
+    demo_page.shot("unsupported-file-phone")
 
 
-def test_gpu_busy_is_retried_after_retry_after(
-    browser: WebDriver,
-    page_server: tuple[str, InferenceWorker],
-    photos: dict[str, Path],
-    screenshots: Path,
-) -> None:
-    base_url, worker = page_server
-    open_page(browser, base_url, DESKTOP)
-    choose_photos(browser, photos["person"], photos["garment"], "12")
-    body, content_type = multipart(try_on_parts(seed="-1", num_inference_steps="10"))
-    with (
-        StepGate(worker.models.pipeline.unet, hold_at=1) as gate,
-        httpx.Client(base_url=base_url, headers={"Content-Type": content_type}) as client,
-    ):
-        assert client.post("/api/try-on/jobs", content=body).status_code == 202  # running
-        assert gate.reached.wait(60)
-        assert client.post("/api/try-on/jobs", content=body).status_code == 202  # the queue's 1
+def test_gpu_busy_is_retried_after_retry_after(demo_page: DemoPage) -> None:
+    browser = demo_page.open(DESKTOP)
+    demo_page.choose("person", "12")
+    with gpu_held_by_api_jobs(demo_page, queued=1):  # the demo server's --max-queued-jobs
         by_accessible_name(browser, "Try on").click()
         wait_until(browser, lambda d: "GPU is busy" in alert_texts(d))
         assert "Trying again in" in alert_texts(browser)
-        screenshot(browser, screenshots, "gpu-busy-desktop")
+        demo_page.shot("gpu-busy-desktop")
     # Released: both jobs finish, and the page's own retry is taken and runs.
     wait_until(browser, lambda d: image_loaded(d, RESULT), 120)
     assert "GPU is busy" not in alert_texts(browser)
 
 
-def test_queue_position_then_polling_when_the_events_stream_fails(
-    browser: WebDriver,
-    page_server: tuple[str, InferenceWorker],
-    photos: dict[str, Path],
-    screenshots: Path,
-) -> None:
-    base_url, worker = page_server
-    open_page(browser, base_url, DESKTOP)
-    choose_photos(browser, photos["person"], photos["garment"], "14")
-    body, content_type = multipart(try_on_parts(seed="-1", num_inference_steps="10"))
+def test_queue_position_then_polling_when_the_events_stream_fails(demo_page: DemoPage) -> None:
+    browser = demo_page.open(DESKTOP)
+    demo_page.choose("person", "14")
     # The browser itself refuses the events URL: the page must fall back to polling the job.
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/events"]})
     try:
-        with (
-            StepGate(worker.models.pipeline.unet, hold_at=1) as gate,
-            httpx.Client(base_url=base_url, headers={"Content-Type": content_type}) as client,
-        ):
-            assert client.post("/api/try-on/jobs", content=body).status_code == 202
-            assert gate.reached.wait(60)
+        with gpu_held_by_api_jobs(demo_page, queued=0):
             by_accessible_name(browser, "Try on").click()
             stage = browser.find_element(By.ID, "stage")
             wait_until(browser, lambda d: "Waiting in the queue: next in line" in stage.text)
-            screenshot(browser, screenshots, "queued-desktop")
+            demo_page.shot("queued-desktop")
         wait_until(browser, lambda d: image_loaded(d, RESULT), 120)
     finally:
         browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
