@@ -44,12 +44,13 @@ def browser_paths() -> tuple[str, str] | None:
 
 
 def require_browser() -> tuple[str, str]:
-    """The browser's paths; a skip outside CI, a failure in CI, when it is missing."""
+    """The browser's paths. Called at a test module's import: when the browser is missing, the
+    whole module is skipped with one line (outside CI) or fails to collect (in CI)."""
     paths = browser_paths()
     if paths is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {MISSING_BROWSER}")
-        pytest.skip(MISSING_BROWSER)
+            pytest.fail(f"CI=true: {MISSING_BROWSER}", pytrace=False)
+        pytest.skip(MISSING_BROWSER, allow_module_level=True)
     return paths
 
 

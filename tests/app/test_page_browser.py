@@ -46,6 +46,7 @@ from selenium.webdriver.support.ui import Select
 from app.worker import InferenceWorker, Models, ProgressCallback, load_models
 from catvton.tiny import TINY_SIZE
 
+BROWSER_PATHS = require_browser()  # before any fixture: one skip line for the module, or CI fails
 RESULT = 'img[alt="Try-on result"]'
 
 
@@ -75,7 +76,7 @@ class StepGate:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    driver = start_chromium(*require_browser())
+    driver = start_chromium(*BROWSER_PATHS)
     try:
         yield driver
     finally:
