@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import threading
 import time
@@ -19,8 +20,10 @@ from typing import Any, Literal, Protocol
 
 from PIL import Image
 
+from app.estimates import StepTimes
 from app.intake import TryOnImages
 from app.schemas import TryOnOptions
+from catvton import CatVTONPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -156,3 +159,44 @@ class InferenceQueue(Protocol):
     def cancel(self, work: QueuedWork) -> bool:
         """True: taken out of the queue (its outcome raises InferenceCanceledError). False: it
         runs (it stops before its next denoising step) or is done."""
+
+
+class StepReporter:
+    """The pipeline's step callback for one work item: measures the step, tells the listener.
+
+    The first step's time is not measured (it also holds the VAE encoding and the set-up).
+    """
+
+    def __init__(self, times: StepTimes, ticket: QueuedWork) -> None:
+        self.times = times
+        self.ticket = ticket
+        self.last_step_at: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        ticket = self.ticket
+        if self.last_step_at is not None:
+            self.times.observe_step(ticket.guided, now - self.last_step_at)
+        self.last_step_at = now
+        ticket.steps_done = done
+        eta_s = self.times.remaining(ticket.steps_left, ticket.guided)
+        ticket.notify("on_step", done, total, eta_s)
+        if done == total:
+            ticket.notify("on_stage", "decoding", eta_s)
+
+
+def describe_model(pipeline: CatVTONPipeline) -> str:
+    """What makes a fixed-seed image reproducible: the weights, precision, device type and size."""
+    unet_config = dict(pipeline.unet.config)
+    return json.dumps(
+        {
+            "unet": unet_config.get("_name_or_path"),
+            "vae": dict(pipeline.vae.config).get("_name_or_path"),
+            "parameters": sum(parameter.numel() for parameter in pipeline.unet.parameters()),
+            "dtype": str(pipeline.dtype),
+            "device": pipeline.device.type,
+            "size": pipeline.size,
+        },
+        sort_keys=True,
+        default=str,
+    )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import threading
 import time
@@ -41,7 +40,15 @@ from app.errors import (
 )
 from app.estimates import StepTimes
 from app.settings import Settings
-from app.work import Door, QueuedWork, TryOnJob, TryOnOutcome, WorkListener
+from app.work import (
+    Door,
+    QueuedWork,
+    StepReporter,
+    TryOnJob,
+    TryOnOutcome,
+    WorkListener,
+    describe_model,
+)
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.errors import CatVTONError, InferenceCanceledError
 from catvton.masking import AutoMasker, load_automasker
@@ -431,7 +438,7 @@ class InferenceWorker:
             guidance_scale=options.guidance_scale,
             seed=options.seed,
             repaint=options.repaint,
-            on_step=StepReporter(self, ticket),
+            on_step=StepReporter(self._step_times, ticket),
             stop=ticket.stop,
         )
         denoise_s = result.timings.get("denoise", 0.0)
@@ -443,44 +450,3 @@ class InferenceWorker:
 
     def _eta_of(self, ticket: QueuedWork) -> float | None:
         return self._step_times.remaining(ticket.steps_left, ticket.guided)
-
-
-class StepReporter:
-    """The pipeline's step callback for one work item: measures the step, tells the listener.
-
-    The first step's time is not measured (it also holds the VAE encoding and the set-up).
-    """
-
-    def __init__(self, worker: InferenceWorker, ticket: QueuedWork) -> None:
-        self.worker = worker
-        self.ticket = ticket
-        self.last_step_at: float | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        ticket = self.ticket
-        if self.last_step_at is not None:
-            self.worker._step_times.observe_step(ticket.guided, now - self.last_step_at)
-        self.last_step_at = now
-        ticket.steps_done = done
-        eta_s = self.worker._eta_of(ticket)
-        ticket.notify("on_step", done, total, eta_s)
-        if done == total:
-            ticket.notify("on_stage", "decoding", eta_s)
-
-
-def describe_model(pipeline: CatVTONPipeline) -> str:
-    """What makes a fixed-seed image reproducible: the weights, precision, device type and size."""
-    unet_config = dict(pipeline.unet.config)
-    return json.dumps(
-        {
-            "unet": unet_config.get("_name_or_path"),
-            "vae": dict(pipeline.vae.config).get("_name_or_path"),
-            "parameters": sum(parameter.numel() for parameter in pipeline.unet.parameters()),
-            "dtype": str(pipeline.dtype),
-            "device": pipeline.device.type,
-            "size": pipeline.size,
-        },
-        sort_keys=True,
-        default=str,
-    )

@@ -105,7 +105,8 @@ async def submit_job(
         received = await receive_try_on(request, settings, timer)  # the body decides: replay?
         return replay(existing, await received.fingerprint())
 
-    with worker.admission("job"):  # loading, failed, stopping or full: 503 before any byte
+    # `submit` times the whole intake, up to the queued job (scripts/benchmark_jobs.py).
+    with timer("submit"), worker.admission("job"):  # 503 before any byte: loading, full, ...
         received = await receive_try_on(request, settings, timer)
         options = received.options
         request.state.usage_steps = options.num_inference_steps

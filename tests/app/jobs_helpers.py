@@ -12,18 +12,37 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 
 import httpx
 import torch
-from http_helpers import multipart, try_on_parts
+from http_helpers import multipart, serve, tiny_settings, try_on_parts, wait_until_ready
 from PIL import Image
 
 from app.request_id import current_request_id
+from app.worker import InferenceWorker, load_models
 
 JOBS = "/api/try-on/jobs"
 # Ten steps without guidance: the cheapest valid try-on. A user mask skips the AutoMasker.
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
+
+
+@contextmanager
+def jobs_server(tiny_weights: Path, **overrides: object) -> Iterator[tuple[str, InferenceWorker]]:
+    """A loaded server (tiny weights) and its worker, whose UNet the tests may hook."""
+    settings = tiny_settings(tiny_weights, **overrides)
+    worker = InferenceWorker(
+        partial(load_models, settings),
+        queue_size=settings.queue_size,
+        max_queued_jobs=settings.max_queued_jobs,
+    )
+    with serve(settings, worker) as base_url:
+        assert wait_until_ready(base_url)["status"] == "ok"
+        yield base_url, worker
 
 
 def mask_bytes(size: tuple[int, int] = (120, 160)) -> bytes:
@@ -114,3 +133,13 @@ class UNetCalls:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+@contextmanager
+def counting_unet_calls(worker: InferenceWorker) -> Iterator[UNetCalls]:
+    assert worker.models is not None
+    calls = UNetCalls(worker.models.pipeline.unet)
+    try:
+        yield calls
+    finally:
+        calls.remove()

@@ -6,18 +6,19 @@ import base64
 import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from http_helpers import assert_envelope, post_try_on, serve, tiny_settings, wait_until_ready
+from http_helpers import assert_envelope, post_try_on
 from jobs_helpers import (
     FAST,
     JOBS,
     UNetCalls,
+    counting_unet_calls,
     document,
+    jobs_server,
     masked_parts,
     read_events,
     submit,
@@ -25,34 +26,26 @@ from jobs_helpers import (
 )
 from PIL import Image
 
-from app.worker import InferenceWorker, load_models
+from app.worker import InferenceWorker
 from catvton.tiny import TINY_SIZE
 
 
 @pytest.fixture(scope="module")
-def jobs_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
-    settings = tiny_settings(tiny_weights, queue_size=4)
-    worker = InferenceWorker(
-        partial(load_models, settings), queue_size=4, max_queued_jobs=settings.max_queued_jobs
-    )
-    with serve(settings, worker) as base_url:
-        assert wait_until_ready(base_url)["status"] == "ok"
-        yield base_url, worker
+def served_jobs(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
+    with jobs_server(tiny_weights, queue_size=4) as served:
+        yield served
 
 
 @pytest.fixture
-def unet_calls(jobs_server: tuple[str, InferenceWorker]) -> Iterator[UNetCalls]:
-    _, worker = jobs_server
-    assert worker.models is not None
-    calls = UNetCalls(worker.models.pipeline.unet)
-    yield calls
-    calls.remove()
+def unet_calls(served_jobs: tuple[str, InferenceWorker]) -> Iterator[UNetCalls]:
+    with counting_unet_calls(served_jobs[1]) as calls:
+        yield calls
 
 
 def test_a_job_runs_through_its_states_with_progress_that_only_grows(
-    jobs_server: tuple[str, InferenceWorker],
+    served_jobs: tuple[str, InferenceWorker],
 ) -> None:
-    base_url, _ = jobs_server
+    base_url, _ = served_jobs
     jobs = [submit(base_url, masked_parts(seed="-1", **FAST)) for _ in range(3)]
     for response in jobs:
         assert response.status_code == 202, response.text
@@ -96,9 +89,9 @@ def test_a_job_runs_through_its_states_with_progress_that_only_grows(
 
 
 def test_events_stream_each_step_then_end_after_the_final_state(
-    jobs_server: tuple[str, InferenceWorker],
+    served_jobs: tuple[str, InferenceWorker],
 ) -> None:
-    base_url, _ = jobs_server
+    base_url, _ = served_jobs
     job_id = submit(base_url, masked_parts(seed="-1", **FAST)).json()["jobId"]
     events = read_events(base_url, job_id)
     assert {name for name, _, _ in events} == {"job"}
@@ -114,8 +107,8 @@ def test_events_stream_each_step_then_end_after_the_final_state(
     assert [body["status"] for _, _, body in replay] == ["succeeded"]
 
 
-def test_unknown_and_malformed_job_ids_get_404(jobs_server: tuple[str, InferenceWorker]) -> None:
-    base_url, _ = jobs_server
+def test_unknown_and_malformed_job_ids_get_404(served_jobs: tuple[str, InferenceWorker]) -> None:
+    base_url, _ = served_jobs
     for job_id in ("A" * 22, "short", "x" * 5000, "%00%ff", "a%20b", "a.b"):
         for method, suffix in (
             ("GET", ""),
@@ -130,9 +123,9 @@ def test_unknown_and_malformed_job_ids_get_404(jobs_server: tuple[str, Inference
 
 
 def test_a_deleted_job_is_forgotten_and_its_result_not_before_it_exists(
-    jobs_server: tuple[str, InferenceWorker],
+    served_jobs: tuple[str, InferenceWorker],
 ) -> None:
-    base_url, _ = jobs_server
+    base_url, _ = served_jobs
     job_id = submit(base_url, masked_parts(seed="-1", **FAST)).json()["jobId"]
     early = httpx.get(f"{base_url}{JOBS}/{job_id}/result", timeout=10)
     if early.status_code == 409:  # unless the tiny job already finished
@@ -144,9 +137,9 @@ def test_a_deleted_job_is_forgotten_and_its_result_not_before_it_exists(
 
 
 def test_idempotency_key_replays_the_job_and_refuses_a_different_body(
-    jobs_server: tuple[str, InferenceWorker],
+    served_jobs: tuple[str, InferenceWorker],
 ) -> None:
-    base_url, _ = jobs_server
+    base_url, _ = served_jobs
     parts = masked_parts(seed="-1", **FAST)
     key = {"Idempotency-Key": "order-7f3a/phone-1"}
     first = submit(base_url, parts, key)
@@ -168,9 +161,9 @@ def test_idempotency_key_replays_the_job_and_refuses_a_different_body(
 
 
 def test_a_fixed_seed_is_answered_from_the_cache_by_both_doors_without_the_gpu(
-    jobs_server: tuple[str, InferenceWorker], unet_calls: UNetCalls
+    served_jobs: tuple[str, InferenceWorker], unet_calls: UNetCalls
 ) -> None:
-    base_url, _ = jobs_server
+    base_url, _ = served_jobs
     parts = masked_parts(seed="1234", **FAST)
     computed = post_try_on(base_url, parts)
     assert computed.status_code == 200 and computed.json()["cached"] is False
@@ -201,9 +194,9 @@ def test_a_fixed_seed_is_answered_from_the_cache_by_both_doors_without_the_gpu(
 
 
 def test_return_mask_answers_the_mask_the_model_used(
-    jobs_server: tuple[str, InferenceWorker],
+    served_jobs: tuple[str, InferenceWorker],
 ) -> None:
-    base_url, _ = jobs_server
+    base_url, _ = served_jobs
     plain = post_try_on(base_url, masked_parts(seed="-1", **FAST)).json()
     assert "maskBase64" not in plain
     body = post_try_on(base_url, masked_parts(seed="-1", return_mask="true", **FAST)).json()
