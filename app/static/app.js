@@ -45,8 +45,6 @@
     active: false,
     controller: null, // aborts the upload, a retry wait, the stream and the polling
     jobId: null,
-    cancelRequested: false,
-    personUrl: null, // the person photo as sent, the "before" of the comparison
     waitingForKey: false, // the last attempt got 401: a saved key resubmits
   };
   let current = null; // the result on show: {imageUrl, maskUrl, ...} with object URLs
@@ -54,29 +52,28 @@
 
   // ---- the API key (kept in this browser, sent as Authorization: Bearer) -------------------
 
+  let unstoredKey = ""; // where storage is disabled, the key lives as long as the page
+
   function storedKey() {
     try {
-      return localStorage.getItem(KEY_STORAGE) || "";
+      return localStorage.getItem(KEY_STORAGE) || unstoredKey;
     } catch {
-      return ""; // storage disabled: the key lives only as long as the field's value
+      return unstoredKey;
     }
   }
 
   function storeKey(key) {
+    unstoredKey = key;
     try {
       if (key) localStorage.setItem(KEY_STORAGE, key);
       else localStorage.removeItem(KEY_STORAGE);
     } catch {
-      /* storage disabled: nothing to keep */
+      /* storage disabled: unstoredKey serves this page */
     }
   }
 
-  function currentKey() {
-    return storedKey() || keyInput.value.trim();
-  }
-
   function withKey(headers = {}) {
-    const key = currentKey();
+    const key = storedKey();
     return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
   }
 
@@ -117,7 +114,6 @@
     constructor(status, body, retryAfterSeconds) {
       super(body.message || `The server answered HTTP ${status}.`);
       this.status = status;
-      this.code = body.error || "";
       this.retryAfterSeconds = retryAfterSeconds;
     }
   }
@@ -274,7 +270,8 @@
   // Each control the message names gets the words about it beside it (a 422 may name several,
   // "field: problem; field: problem"), is marked invalid, and the first one takes the focus.
   function markInvalid(text) {
-    const named = Object.entries(FIELD_CONTROLS).filter(([field]) => text.includes(field));
+    const names = (field) => new RegExp(`\\b${field}\\b`).test(text);
+    const named = Object.entries(FIELD_CONTROLS).filter(([field]) => names(field));
     for (const [field, id] of named) {
       const control = $(id);
       const own = text.split("; ").filter((part) => part.includes(field));
@@ -332,7 +329,6 @@
       progressArea.hidden = true; // the result, or the message, says how it ended
       run.controller = null;
       run.jobId = null;
-      run.cancelRequested = false;
     }
   }
 
@@ -343,6 +339,10 @@
     progressBar.style.setProperty("--fraction", String(percent / 100));
     const text = detail ? `${stageText}: ${detail}` : stageText;
     if (stageLine.textContent !== text) stageLine.textContent = text;
+  }
+
+  function shownFraction() {
+    return Number(progressBar.getAttribute("aria-valuenow")) / 100;
   }
 
   function describeJob(job) {
@@ -441,7 +441,7 @@
         if (FINAL_STATES.has(job.status)) return job;
       } catch (error) {
         if (error instanceof ApiError || signal.aborted) throw error;
-        setProgress(0, "Connection lost", "trying again"); // the job goes on without us
+        setProgress(shownFraction(), "Connection lost", "trying again"); // the job goes on
       }
       await sleep(POLL_INTERVAL_MS, signal);
     }
@@ -521,8 +521,7 @@
       return;
     }
     cancelButton.disabled = true;
-    run.cancelRequested = true;
-    setProgress(Number(progressBar.getAttribute("aria-valuenow")) / 100, "Canceling");
+    setProgress(shownFraction(), "Canceling");
     try {
       // The stream (or polling) then delivers the final "canceled" document.
       await request(`/api/try-on/jobs/${encodeURIComponent(run.jobId)}/cancel`, { method: "POST" });
