@@ -64,6 +64,7 @@
 
   function storeKey(key) {
     unstoredKey = key;
+    $("forget-key").hidden = !key;
     try {
       if (key) localStorage.setItem(KEY_STORAGE, key);
       else localStorage.removeItem(KEY_STORAGE);
@@ -106,6 +107,7 @@
     keyInput.value = "";
     keyInput.placeholder = "";
     showMessage("Key removed from this browser.", "info");
+    keyInput.focus(); // the button just pressed is gone
   });
 
   // ---- HTTP: the error envelope -> ApiError with the API's own words --------------------------
@@ -661,6 +663,7 @@
   setUpPhoto("garment-photo", "garment-preview", "garment-hint");
   form.addEventListener("submit", startTryOn);
   cancelButton.addEventListener("click", cancelTryOn);
+  $("forget-key").hidden = !storedKey();
   if (storedKey()) {
     keyForm.hidden = false;
     keyInput.placeholder = "saved in this browser";
