@@ -39,7 +39,9 @@ from http_helpers import (
     try_on_parts,
     wait_until_ready,
 )
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
@@ -208,6 +210,21 @@ def test_page_names_its_controls_and_shows_the_demo_banner(demo_page: DemoPage) 
     assert garment_type.first_selected_option.get_attribute("value") == "upper"  # API default
     assert browser.find_element(By.ID, "banner").get_attribute("role") == "alert"
     demo_page.shot("start-desktop")
+
+
+def test_keyboard_reaches_every_control_in_order(demo_page: DemoPage) -> None:
+    browser = demo_page.open(PHONE)
+    focused = []
+    for _ in range(6):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        focused.append(browser.switch_to.active_element.accessible_name)
+    expected = ["Skip to the form", "Person photo", "Garment photo", "Garment type", "Options"]
+    assert focused == [*expected, "Try on"]
+    demo_page.shot("keyboard-focus-phone")
+    # Enter on "Try on" without photos: the page says which one is missing and focuses it.
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    assert "Choose a person photo first" in alert_texts(browser)
+    assert browser.switch_to.active_element.accessible_name == "Person photo"
 
 
 @pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
