@@ -16,7 +16,7 @@ from http_helpers import assert_envelope, serve, tiny_settings
 
 from app.routes.page import STATIC_DIR
 
-PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,12 @@ def test_page_and_its_files_are_served(client: httpx.Client) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for name, content_type in PAGE_FILES.items():
-        assert f'"/static/{name}"' in page.text
-        response = client.get(f"/static/{name}")
+    assert '"/static/app.js"' in page.text and '"/static/style.css"' in page.text
+    for path in STATIC_DIR.iterdir():  # app.js imports the other scripts from here
+        response = client.get(f"/static/{path.name}")
         assert response.status_code == 200
-        assert response.headers["content-type"].startswith(content_type)
-        assert response.content == (STATIC_DIR / name).read_bytes()
+        assert response.headers["content-type"].startswith(CONTENT_TYPES[path.suffix])
+        assert response.content == path.read_bytes()
 
 
 def test_page_fetches_nothing_from_another_host() -> None:
