@@ -87,7 +87,10 @@ def browser() -> Iterator[WebDriver]:
 
 @pytest.fixture(scope="module")
 def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("browser-screenshots", numbered=False)
+    directory = request.config.getoption("--browser-screenshots")
+    if directory is None:
+        directory = tmp_path_factory.mktemp("browser-screenshots", numbered=False)
+    directory.mkdir(parents=True, exist_ok=True)
     request.config.stash[SCREENSHOTS_KEY] = directory
     return directory
 
