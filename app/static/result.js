@@ -99,6 +99,31 @@ export function showResult(result) {
   $("result-heading").focus({ preventScroll: true });
 }
 
+// The mask is white where the model repainted: drawn as a translucent tint there, and clear
+// elsewhere, so the photo under it stays visible.
+const MASK_TINT = [236, 32, 138, 150]; // RGB and the alpha of a fully white mask pixel
+
+async function tintedMask(maskUrl) {
+  const image = new Image();
+  image.src = maskUrl;
+  await image.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = image.naturalWidth;
+  canvas.height = image.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(image, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const [red, green, blue, alpha] = MASK_TINT;
+  for (let i = 0; i < pixels.data.length; i += 4) {
+    const white = pixels.data[i] / 255;
+    pixels.data.set([red, green, blue, Math.round(alpha * white)], i);
+  }
+  context.putImageData(pixels, 0, 0);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  URL.revokeObjectURL(maskUrl);
+  return URL.createObjectURL(blob);
+}
+
 /** Wires the comparison slider and the mask toggle: `loadMask(url)` resolves to an object URL,
  * `showError(text)` reports a mask that could not be loaded. */
 export function setUpResults(loadMask, showError) {
@@ -122,7 +147,9 @@ export function setUpResults(loadMask, showError) {
       return;
     }
     try {
-      if (!current.maskObjectUrl) current.maskObjectUrl = await loadMask(current.maskUrl);
+      if (!current.maskObjectUrl) {
+        current.maskObjectUrl = await tintedMask(await loadMask(current.maskUrl));
+      }
       mask.src = current.maskObjectUrl;
       mask.hidden = !event.target.checked;
     } catch (error) {
