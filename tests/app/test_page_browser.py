@@ -8,6 +8,7 @@ summary says where.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from browser_helpers import (
     wait_until,
 )
 from http_helpers import (
+    heic_bytes,
     image_bytes,
     multipart,
     serve,
@@ -39,6 +41,7 @@ from http_helpers import (
     try_on_parts,
     wait_until_ready,
 )
+from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -119,6 +122,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "person": ("person.jpg", image_bytes((300, 400))),
         "garment": ("garment.png", image_bytes((240, 240), "PNG")),
         "pdf": ("scan.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"),
+        "heic": ("IMG_0001.HEIC", heic_bytes(Image.open(io.BytesIO(image_bytes((300, 400)))))),
     }
     paths = {}
     for key, (name, content) in files.items():
@@ -307,6 +311,20 @@ def test_unsupported_file_is_named_and_focused(demo_page: DemoPage) -> None:
     assert browser.switch_to.active_element == person_input
     assert by_accessible_name(browser, "Garment photo").get_attribute("aria-invalid") is None
     demo_page.shot("unsupported-file-phone")
+
+
+def test_heic_photo_from_an_iphone(demo_page: DemoPage) -> None:
+    """Chromium cannot draw HEIC: the page says the server reads it, and the server does."""
+    browser = demo_page.open(PHONE)
+    demo_page.choose("heic", "15")
+    hint = browser.find_element(By.ID, "person-hint")
+    wait_until(browser, lambda d: image_loaded(d, "#person-preview") or "HEIC" in hint.text)
+    drawn = image_loaded(browser, "#person-preview")
+    by_accessible_name(browser, "Try on").click()
+    wait_until(browser, lambda d: image_loaded(d, RESULT))
+    # Without a drawable "before", the comparison gives way to the whole result.
+    assert browser.find_element(By.ID, "compare-field").is_displayed() == drawn
+    demo_page.shot("heic-phone")
 
 
 def test_gpu_busy_is_retried_after_retry_after(demo_page: DemoPage) -> None:
