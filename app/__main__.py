@@ -9,6 +9,8 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliApp, SettingsError
 
+from app.access.guard import warn_if_open
+from app.access.keys import KeysFileError
 from app.errors import describe_validation_errors
 from app.main import create_app
 from app.request_id import configure_logging
@@ -22,28 +24,52 @@ logger = logging.getLogger("app")
 SERVER_OPTIONS = {"http": "h11", "h11_max_incomplete_event_size": 16 * 1024}
 
 
+def server_options(settings: Settings) -> dict[str, object]:
+    """uvicorn's options for `settings`: the client IP comes from X-Forwarded-For only through
+    uvicorn's own proxy-headers middleware, for the proxies `--forwarded-allow-ips` names."""
+    return {
+        **SERVER_OPTIONS,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+    }
+
+
+def describe_settings_errors(exc: ValidationError) -> str:
+    """Validation errors named by their flags (`rate_limit` -> `--rate-limit`)."""
+    flagged = [
+        {**error, "loc": tuple(f"--{part}".replace("_", "-") for part in error["loc"])}
+        for error in exc.errors()
+    ]
+    return describe_validation_errors(flagged)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:  # a bad flag or CATVTON_* value: one line each, no traceback
-        raise SystemExit(f"python -m app: {describe_validation_errors(exc.errors())}") from None
+        raise SystemExit(f"python -m app: {describe_settings_errors(exc)}") from None
     except SettingsError as exc:  # a CATVTON_* value pydantic-settings could not even parse
         raise SystemExit(f"python -m app: {exc}") from None
+    try:
+        app = create_app(settings)  # reads --api-keys-file: refuse a bad one before anything runs
+    except KeysFileError as exc:
+        raise SystemExit(f"python -m app: --api-keys-file: {exc}") from None
     configure_logging(settings.log_level)
     if settings.demo:
         logger.warning("=" * 72)
         logger.warning("DEMO MODE: serving tiny RANDOM weights from %s", settings.demo_dir)
         logger.warning("The API behaves as in production, but every result image is noise.")
         logger.warning("=" * 72)
+    warn_if_open(settings.host, keys_configured=settings.api_keys_file is not None)
     logger.info("listening on http://%s:%d (docs at /docs)", settings.host, settings.port)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep configure_logging's handler: request ids on uvicorn's lines too
         log_level=settings.log_level,
         access_log=False,  # RequestIdMiddleware logs one line per request, with its id
-        **SERVER_OPTIONS,
+        **server_options(settings),
     )
 
 

@@ -7,9 +7,14 @@ keys a client is its IP address (from `X-Forwarded-For` only through uvicorn's
 
 from __future__ import annotations
 
+import ipaddress
+
 from starlette.requests import HTTPConnection
 
 CLIENT_STATE_KEY = "client"
+# A trusted proxy passed on something that is not an address (`unknown`, garbage): such requests
+# share one identity, so they cannot pick a fresh one per request to escape their limits.
+UNKNOWN_CLIENT = "unknown"
 
 
 def client_id(connection: HTTPConnection) -> str:
@@ -17,4 +22,21 @@ def client_id(connection: HTTPConnection) -> str:
     name = connection.scope.get("state", {}).get(CLIENT_STATE_KEY)
     if name:
         return str(name)
-    return connection.client.host if connection.client else "unknown"
+    return client_ip(connection.client.host if connection.client else None)
+
+
+def client_ip(host: str | None) -> str:
+    """`host` in one canonical spelling, or UNKNOWN_CLIENT.
+
+    An IPv6 client is its /64: one home or phone gets a whole /64, so per-address limits would
+    give it 2^64 fresh identities.
+    """
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return UNKNOWN_CLIENT
+    if isinstance(address, ipaddress.IPv6Address) and not address.is_loopback:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

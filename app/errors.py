@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from app.request_id import REQUEST_ID_HEADER, current_request_id
 from catvton.errors import InvalidInputError
@@ -33,6 +34,7 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}  # e.g. WWW-Authenticate, RateLimit fields
 
 
 class ModelsLoadingError(ServiceError):
@@ -98,6 +100,32 @@ class UnsupportedImageError(ServiceError):
 class PayloadTooLargeError(ServiceError):
     status_code = 413
     code = "payload_too_large"
+
+
+class UnauthorizedError(ServiceError):
+    """No key, or not one of ours: RFC 6750's challenge tells the client to send a Bearer key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, key_sent: bool) -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if key_sent else "Bearer"
+
+
+class RateLimitedError(ServiceError):
+    """Past `--rate-limit`; `headers` carry Retry-After and the RateLimit fields."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class TooManyActiveRequestsError(ServiceError):
+    """Past `--max-active-per-client`: the client's queued and running work must finish first."""
+
+    status_code = 429
+    code = "too_many_active_requests"
+    retry_after_s = 5
 
 
 class ClientDisconnectedError(ServiceError):
@@ -214,7 +242,15 @@ def error_response(
 
 async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(request, exc.status_code, exc.code, exc.message, exc.retry_after_s)
+    response = error_response(request, exc.status_code, exc.code, exc.message, exc.retry_after_s)
+    response.headers.update(exc.headers)
+    return response
+
+
+async def send_error(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+    """The envelope from pure ASGI middleware that refuses a request before any route runs."""
+    response = await handle_service_error(Request(scope, receive), error)
+    await response(scope, receive, send)
 
 
 async def handle_request_validation(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from app.access.guard import AccessMiddleware
+from app.access.keys import KeyStore, watching
+from app.access.limits import (
+    LIMIT_HEADERS,
+    ActiveWork,
+    LimitsMiddleware,
+    RateLimits,
+    parse_rate_limit,
+)
 from app.cache.results import InMemoryResultCache, ResultCache
 from app.errors import install_error_handlers
 from app.jobs import routes as jobs_routes
@@ -33,8 +42,9 @@ def create_app(
     job store and the result cache to in-memory ones bounded as `settings` says.
 
     Nothing is loaded here: the lifespan starts the worker, which loads in the background while
-    the server already answers /health.
+    the server already answers /health. Raises KeysFileError for an unusable `--api-keys-file`.
     """
+    keys = KeyStore(settings.api_keys_file) if settings.api_keys_file else None
     if worker is None:
         worker = InferenceWorker(
             partial(load_models, settings),
@@ -57,7 +67,8 @@ def create_app(
         gc.collect()
         gc.freeze()
         worker.start()
-        yield
+        async with watching(keys):  # reload the keys on SIGHUP and when the file changes
+            yield
         await run_in_threadpool(worker.stop)
 
     app = FastAPI(
@@ -71,12 +82,28 @@ def create_app(
     app.state.worker = worker
     app.state.cache = cache
     app.state.jobs = JobRunner(job_store, worker, cache)
+    # Middleware, outermost first: request id -> CORS -> access -> limits -> routes. Each
+    # add_middleware wraps the ones before, so they are added innermost first. CORS sits outside
+    # access so that preflights never need a key and a browser can read a 401's or 429's body.
+    rate_limits = RateLimits(parse_rate_limit(settings.rate_limit)) if settings.rate_limit else None
+    active = ActiveWork(settings.max_active_per_client) if settings.max_active_per_client else None
+    if rate_limits or active:
+        app.add_middleware(LimitsMiddleware, rate_limits=rate_limits, active_work=active)
+    if keys:
+        app.add_middleware(AccessMiddleware, keys=keys, metrics_public=settings.metrics_public)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["*"],
-        expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Location", "Idempotent-Replayed"],
+        expose_headers=[
+            REQUEST_ID_HEADER,
+            "Retry-After",
+            "Location",
+            "Idempotent-Replayed",
+            *LIMIT_HEADERS,
+            "WWW-Authenticate",
+        ],
     )
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response has an id
     install_error_handlers(app)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.access.limits import parse_rate_limit
 from catvton.pipeline import parse_size
 
 MEBIBYTE = 1024 * 1024
@@ -93,6 +94,28 @@ class Settings(BaseSettings):
         256.0, ge=0, description="MiB of the result cache for fixed seeds (LRU); 0 turns it off"
     )
 
+    # -- access control and limits (app/access) ---------------------------------------------------
+    api_keys_file: Path | None = Field(
+        None,
+        description="clients and their keys, one 'NAME KEY' or 'NAME sha256:HEX' a line; reloaded "
+        "on SIGHUP and when the file changes; unset: no key needed",
+    )
+    metrics_public: bool = Field(
+        False, description="serve /metrics without a key to any client (else loopback only)"
+    )
+    rate_limit: str | None = Field(
+        None,
+        description="try-ons per client in the limits notation, e.g. 30/minute;500/day; unset: off",
+    )
+    max_active_per_client: int | None = Field(
+        None, ge=1, description="queued + running try-ons and jobs per client; unset: off"
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="proxies whose X-Forwarded-For names the client: comma-separated IPs or "
+        "networks, '*' for any, '' for none",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def split_origins(cls, value: Any) -> Any:
@@ -109,6 +132,14 @@ class Settings(BaseSettings):
         """Refused at start-up, with the pipeline's own rule, rather than when the models load."""
         if value is not None:
             parse_size(value)
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def check_rate_limit(cls, value: str | None) -> str | None:
+        """Refused at start-up in the library's own parser, naming the flag."""
+        if value is not None:
+            parse_rate_limit(value)
         return value
 
     @property

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.access.limits import take_active_slot
 from app.clients import client_id
 from app.dependencies import CacheDep, JobsDep, SettingsDep, WorkerDep
 from app.encoding import EncodedResult
@@ -126,10 +127,18 @@ async def submit_job(
             size = worker.size
             # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
             images = await prepare_images(received, size, settings, timer)
-            # 3. Infer and 4. encode: queued; the job runner takes it from here
+            # 3. Infer and 4. encode: queued; the job runner takes it from here. The client's
+            # active-work slot (--max-active-per-client) stays taken until the job is final.
+            slot = take_active_slot(request)
             stored, created = await jobs.submit(
-                record, TryOnJob(images=images, options=options), timer=timer, cache_key=cache_key
+                record,
+                TryOnJob(images=images, options=options),
+                timer=timer,
+                cache_key=cache_key,
+                on_final=slot.release if slot is not None else None,
             )
+            if not created and slot is not None:
+                slot.release()
     if not created:  # the same key sent twice at once: one job
         return replay(stored, record.fingerprint)
     logger.info("job %s submitted (%s)", stored.job_id, stored.status)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from app.cache.results import ResultCache
@@ -115,9 +116,11 @@ class JobRunner:
         *,
         timer: StageTimer,
         cache_key: str | None,
+        on_final: Callable[[], None] | None = None,
     ) -> tuple[JobRecord, bool]:
         """Queue the job's work; (record, True), or (an existing job's record, False) when its
-        Idempotency-Key was claimed meanwhile. Raises the worker's 503s."""
+        Idempotency-Key was claimed meanwhile. Raises the worker's 503s. `on_final` is called
+        once the job's work is over (e.g. to release the client's active-work slot)."""
         progress = JobProgress()
         work = self.worker.submit(job, progress)
         queued = record.model_copy(
@@ -130,7 +133,7 @@ class JobRunner:
             return stored, False
         self._work[record.job_id] = work
         self._drivers[record.job_id] = asyncio.create_task(
-            self._drive(record.job_id, work, progress, timer, cache_key),
+            self._drive(record.job_id, work, progress, timer, cache_key, on_final),
             name=f"job-{record.job_id}",
         )
         return stored, True
@@ -173,6 +176,7 @@ class JobRunner:
         progress: JobProgress,
         timer: StageTimer,
         cache_key: str | None,
+        on_final: Callable[[], None] | None,
     ) -> None:
         work.done.add_done_callback(lambda _: progress.changes.put_nowait(None))
         try:
@@ -187,6 +191,8 @@ class JobRunner:
         finally:
             self._work.pop(job_id, None)
             self._drivers.pop(job_id, None)
+            if on_final is not None:
+                on_final()
 
     async def _conclude(
         self, job_id: str, work: QueuedWork, timer: StageTimer, cache_key: str | None

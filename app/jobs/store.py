@@ -16,10 +16,10 @@ The contract every implementation keeps:
   byte cap: its client has not fetched it yet). A forgotten (expired or evicted) id raises
   `JobExpiredError` (410) for `TOMBSTONE_S` seconds, then `JobNotFoundError` (404); a deleted
   id is forgotten at once (404).
-- `watch` yields the current record, then each newer one, and ends after a final record, or when
-  the job is forgotten (the last record yielded is then not final). A slow watcher may skip
-  intermediate versions: it always gets the newest, never an older one (Redis: pub/sub on the
-  job's channel, then a read).
+- `watch` yields the current record, then each newer one in order, and ends after a final record,
+  or when the job is forgotten (the last record yielded is then not final). An implementation may
+  let a slow watcher skip intermediate versions, never go back to an older one (Redis: pub/sub on
+  the job's channel); the in-memory one delivers every version.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ class InMemoryJobStore(JobStore):
         self._finished: OrderedDict[str, None] = OrderedDict()  # oldest finished first
         self._keys: dict[tuple[str, str], str] = {}  # (client, Idempotency-Key) -> job id
         self._tombstones: OrderedDict[str, float] = OrderedDict()  # forgotten id -> when
-        self._changed: dict[str, asyncio.Event] = {}  # set and dropped on each change
+        # Each watcher's queue of new versions; None: the job was forgotten.
+        self._watchers: dict[str, set[asyncio.Queue[JobRecord | None]]] = {}
 
     @property
     def result_bytes(self) -> int:
@@ -169,18 +170,20 @@ class InMemoryJobStore(JobStore):
         self._forget(job_id, tombstone=False)
 
     async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
-        record = await self.get(job_id)
-        yield record
-        while not record.final:
-            changed = self._changed.setdefault(job_id, asyncio.Event())
-            current = self._records.get(job_id)
-            if current is None:  # forgotten: the caller sees a last record that is not final
-                return
-            if current.version > record.version:
-                record = current
+        record: JobRecord | None = await self.get(job_id)
+        changes: asyncio.Queue[JobRecord | None] = asyncio.Queue()
+        watchers = self._watchers.setdefault(job_id, set())
+        watchers.add(changes)
+        try:
+            while record is not None:  # None: forgotten, the last record yielded is not final
                 yield record
-                continue
-            await changed.wait()
+                if record.final:
+                    return
+                record = await changes.get()
+        finally:
+            watchers.discard(changes)
+            if not watchers:
+                self._watchers.pop(job_id, None)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -196,12 +199,12 @@ class InMemoryJobStore(JobStore):
         record = self._lookup(job_id)
         record = record.model_copy(update={**changes, "version": record.version + 1})
         self._records[job_id] = record
-        self._notify(job_id)
+        self._notify(job_id, record)
         return record
 
-    def _notify(self, job_id: str) -> None:
-        if (changed := self._changed.pop(job_id, None)) is not None:
-            changed.set()
+    def _notify(self, job_id: str, record: JobRecord | None) -> None:
+        for changes in self._watchers.get(job_id, ()):
+            changes.put_nowait(record)
 
     def _forget(self, job_id: str, *, tombstone: bool) -> None:
         record = self._records.pop(job_id)
@@ -214,7 +217,7 @@ class InMemoryJobStore(JobStore):
             self._tombstones[job_id] = self._clock()
             while len(self._tombstones) > MAX_TOMBSTONES:
                 self._tombstones.popitem(last=False)
-        self._notify(job_id)
+        self._notify(job_id, None)
 
     def _expire(self) -> None:
         now = self._clock()

@@ -15,7 +15,7 @@ import pillow_heif
 import uvicorn
 from PIL import Image
 
-from app.__main__ import SERVER_OPTIONS
+from app.__main__ import server_options
 from app.main import create_app
 from app.settings import Settings
 from app.worker import InferenceWorker
@@ -36,7 +36,7 @@ def serve(settings: Settings, worker: InferenceWorker | None = None) -> Iterator
         log_config=None,
         access_log=False,
         lifespan="on",
-        **SERVER_OPTIONS,  # as `python -m app` serves
+        **server_options(settings),  # as `python -m app` serves
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

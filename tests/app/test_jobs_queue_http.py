@@ -240,3 +240,15 @@ def test_the_oldest_finished_job_is_evicted_beyond_the_cap_and_answers_410(
             assert_envelope(gone, 410, "job_expired", "forgotten")
         for newer in finished[1:]:
             assert document(base_url, newer["jobId"])["status"] == "succeeded"
+
+
+def test_a_queued_job_keeps_its_clients_active_work_slot_until_it_is_final(
+    tiny_weights: Path,
+) -> None:
+    with jobs_server(tiny_weights, max_active_per_client=1) as (base_url, _):
+        first = submit(base_url, masked_parts(seed="-1", **SLOW)).json()
+        refused = submit(base_url, masked_parts(seed="-1", **FAST))
+        assert_envelope(refused, 429, "too_many_active_requests", "queued or running")
+        cancel(base_url, first["jobId"])
+        assert wait_final(base_url, first["jobId"])["status"] == "canceled"
+        assert submit(base_url, masked_parts(seed="-1", **FAST)).status_code == 202

@@ -82,7 +82,8 @@ def wait_for(base_url: str, condition, timeout: float = 60.0) -> dict:
 
 @pytest.fixture(scope="module")
 def queue_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
-    settings = tiny_settings(tiny_weights, queue_size=2, queue_timeout=120)
+    # No result cache: these tests send the same fixed-seed request again and need the model to run.
+    settings = tiny_settings(tiny_weights, queue_size=2, queue_timeout=120, cache_mb=0)
     worker = InferenceWorker(
         partial(load_models, settings), queue_size=2, queue_timeout=settings.queue_timeout
     )

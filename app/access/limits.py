@@ -1,0 +1,230 @@
+"""Fair use per client: a rate limit on new work and a cap on each client's active work.
+
+Both apply to the routes that create GPU work (`WORK_ROUTES`), per `client_id` (the key's name, or
+the IP when keys are off), before the upload is read:
+
+- `--rate-limit` (the `limits` library's notation, e.g. `30/minute;500/day`): a moving window per
+  client and item, so no burst doubles the limit at a window edge. Every answer of a work route
+  carries the IETF `RateLimit-Policy` and `RateLimit` fields; past the limit, 429 `rate_limited`
+  with `Retry-After` (when the oldest request leaves the window).
+- `--max-active-per-client`: queued plus running work (synchronous requests and jobs); past it, 429
+  `too_many_active_requests`. Below the queue's capacity it is what keeps one client from filling
+  the queue while others wait: each client holds at most that many of its places.
+
+Status polling (job documents, events, results) is not rate limited: it needs the key, costs a
+dictionary look-up, and a client polling a long job must not spend its try-on budget doing so.
+
+Counters live in a `limits` storage: in memory by default; pass a storage (or its URI, e.g.
+`async+redis://host:6379`) to share them between replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.clients import client_id
+from app.errors import (
+    RateLimitedError,
+    ServiceError,
+    TooManyActiveRequestsError,
+    send_error,
+)
+
+logger = logging.getLogger(__name__)
+
+# The routes that create GPU work: the synchronous try-on and the jobs' submit.
+WORK_ROUTES = frozenset({("POST", "/api/try-on"), ("POST", "/api/try-on/jobs")})
+LIMIT_HEADERS = ("RateLimit-Policy", "RateLimit")  # draft-ietf-httpapi-ratelimit-headers
+ACTIVE_SLOT_STATE_KEY = "active_slot"
+LIMIT_NAMESPACE = "try-on"
+
+
+def parse_rate_limit(text: str) -> list[RateLimitItem]:
+    """`30/minute;500/day` -> items; ValueError naming the flag for what the library refuses."""
+    try:
+        items = parse_many(text)
+    except ValueError:
+        raise ValueError(
+            f"--rate-limit {text!r} is not in the limits notation: AMOUNT/PERIOD items joined by "
+            "';', e.g. 30/minute;500/day (periods: second, minute, hour, day, month, year)"
+        ) from None
+    if any(item.amount < 1 for item in items):
+        raise ValueError(f"--rate-limit {text!r}: an amount of 0 would refuse every request")
+    return items
+
+
+def policy_name(item: RateLimitItem) -> str:
+    multiples = "" if item.multiples == 1 else str(item.multiples)
+    return f"{item.amount}/{multiples}{item.GRANULARITY.name}"
+
+
+@dataclass
+class RateVerdict:
+    allowed: bool
+    headers: dict[str, str]
+
+
+class RateLimits:
+    """The `--rate-limit` items, counted per client in a `limits` storage."""
+
+    def __init__(self, items: list[RateLimitItem], storage: Storage | str = "async+memory://"):
+        if isinstance(storage, str):
+            storage = storage_from_string(storage)
+        self.items = items
+        self.limiter = MovingWindowRateLimiter(storage)
+        self.policy = ", ".join(
+            f'"{policy_name(item)}";q={item.amount};w={item.get_expiry()}' for item in items
+        )
+
+    async def hit(self, client: str) -> RateVerdict:
+        """Count one request of `client`; the first exhausted item refuses it, and the items
+        after that one are not counted (a moving window counts nothing it refuses)."""
+        key = (LIMIT_NAMESPACE, client)
+        refused = None
+        for item in self.items:
+            if not await self.limiter.hit(item, *key):
+                refused = item
+                break
+        now = time.time()
+        fields, waits = [], []
+        for item in self.items:
+            stats = await self.limiter.get_window_stats(item, *key)
+            reset_s = max(1, math.ceil(stats.reset_time - now))
+            remaining = max(0, stats.remaining)
+            fields.append(f'"{policy_name(item)}";r={remaining};t={reset_s}')
+            if remaining == 0:
+                waits.append(reset_s)
+        headers = {"RateLimit-Policy": self.policy, "RateLimit": ", ".join(fields)}
+        if refused is not None:  # every spent item must have room again
+            headers["Retry-After"] = str(max(waits, default=1))
+        return RateVerdict(allowed=refused is None, headers=headers)
+
+
+@dataclass
+class ActiveSlot:
+    """One unit of a client's active work; released once, by whoever holds it last.
+
+    The middleware holds the slot of each work request and releases it when the response is
+    done, unless a job took it over (`hand_over`): a queued job keeps its client's slot until it
+    is final, and the job's code then calls `release`.
+    """
+
+    work: ActiveWork
+    client: str
+    handed_over: bool = False
+    released: bool = field(default=False, repr=False)
+
+    def hand_over(self) -> ActiveSlot:
+        self.handed_over = True
+        return self
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.work.release(self.client)
+
+
+class ActiveWork:
+    """Queued plus running work per client, capped at `max_per_client`.
+
+    In process memory: the event loop is the only caller, so plain counts suffice.
+    """
+
+    def __init__(self, max_per_client: int) -> None:
+        self.max_per_client = max_per_client
+        self.counts: Counter[str] = Counter()
+
+    def acquire(self, client: str) -> ActiveSlot:
+        """A slot for `client`, or TooManyActiveRequestsError when it already holds the cap."""
+        if self.counts[client] >= self.max_per_client:
+            raise TooManyActiveRequestsError(
+                f"This client already has {self.counts[client]} try-ons queued or running (at "
+                f"most {self.max_per_client}); wait for one to finish."
+            )
+        self.counts[client] += 1
+        return ActiveSlot(self, client)
+
+    def release(self, client: str) -> None:
+        self.counts[client] -= 1
+        if self.counts[client] <= 0:
+            del self.counts[client]
+
+
+def take_active_slot(connection: HTTPConnection) -> ActiveSlot | None:
+    """For the jobs' submit route: keep this request's active slot for the job's lifetime.
+
+    Returns None when `--max-active-per-client` is off. The caller must `release()` the slot
+    when the job is final (succeeded, failed, canceled, or never queued).
+    """
+    slot: ActiveSlot | None = connection.scope.get("state", {}).get(ACTIVE_SLOT_STATE_KEY)
+    return slot.hand_over() if slot is not None else None
+
+
+class LimitsMiddleware:
+    """Applies the rate limit and the active-work cap to `WORK_ROUTES`, before the body is read."""
+
+    def __init__(
+        self, app: ASGIApp, rate_limits: RateLimits | None, active_work: ActiveWork | None
+    ) -> None:
+        self.app = app
+        self.rate_limits = rate_limits
+        self.active_work = active_work
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) not in WORK_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        client = client_id(HTTPConnection(scope))
+        headers: dict[str, str] = {}
+        slot = None
+        try:
+            if self.rate_limits is not None:
+                verdict = await self.rate_limits.hit(client)
+                headers = verdict.headers
+                if not verdict.allowed:
+                    raise RateLimitedError(
+                        f"Too many try-ons: this client's limit is {self.describe()}; try again "
+                        f"in {headers['Retry-After']} s."
+                    )
+            if self.active_work is not None:
+                slot = self.active_work.acquire(client)
+                scope.setdefault("state", {})[ACTIVE_SLOT_STATE_KEY] = slot
+        except ServiceError as error:
+            logger.info("refused %s: %s", client, error.code)
+            error.headers = {**headers, **error.headers}
+            await send_error(scope, receive, send, error)
+            return
+        try:
+            await self.app(scope, receive, with_headers(send, headers))
+        finally:
+            if slot is not None and not slot.handed_over:
+                slot.release()
+
+    def describe(self) -> str:
+        assert self.rate_limits is not None
+        return "; ".join(policy_name(item) for item in self.rate_limits.items)
+
+
+def with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """`send` that adds `headers` to the response start."""
+    if not headers:
+        return send
+    encoded = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *encoded]}
+        await send(message)
+
+    return send_with_headers
