@@ -52,3 +52,13 @@ def test_missing_static_file_gets_the_error_envelope(client: httpx.Client) -> No
 def test_page_stays_out_of_the_api_schema(client: httpx.Client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert "/" not in paths and not any(path.startswith("/static") for path in paths)
+
+
+def test_page_is_open_when_the_api_needs_a_key(tiny_weights: Path, tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("someone a-key-for-the-page-test\n")
+    settings = tiny_settings(tiny_weights, api_keys_file=keys_file)
+    with serve(settings) as base_url, httpx.Client(base_url=base_url) as client:
+        for path in ("/", *(f"/static/{file.name}" for file in STATIC_DIR.iterdir())):
+            assert client.get(path).status_code == 200, path
+        assert_envelope(client.get("/api/try-on/jobs/x"), 401, "unauthorized", "API key")
