@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_helpers import assert_envelope, serve, tiny_settings
+from http_helpers import assert_envelope, serve, tiny_settings, wait_until_ready
 
 from app.routes.page import STATIC_DIR
 
@@ -23,6 +23,8 @@ CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/c
 def client(tiny_weights: Path) -> Iterator[httpx.Client]:
     with serve(tiny_settings(tiny_weights)) as base_url, httpx.Client(base_url=base_url) as client:
         yield client
+        # A load still running after the server stops raced the next module's own load.
+        wait_until_ready(base_url)
 
 
 def test_page_and_its_files_are_served(client: httpx.Client) -> None:
@@ -62,3 +64,4 @@ def test_page_is_open_when_the_api_needs_a_key(tiny_weights: Path, tmp_path: Pat
         for path in ("/", *(f"/static/{file.name}" for file in STATIC_DIR.iterdir())):
             assert client.get(path).status_code == 200, path
         assert_envelope(client.get("/api/try-on/jobs/x"), 401, "unauthorized", "API key")
+        wait_until_ready(base_url)
