@@ -15,6 +15,9 @@ if not exist ".venv\Scripts\python.exe" (
 )
 ".venv\Scripts\python.exe" -m pip install --disable-pip-version-check -q -r requirements.txt
 if errorlevel 1 goto :failed
+rem Ctrl+C reaches python itself (same console): it drains, up to --drain-timeout seconds, and
+rem exits 0; a second Ctrl+C exits at once. cmd may then ask "Terminate batch job (Y/N)?":
+rem the server has already stopped by then. The exit status is passed on.
 ".venv\Scripts\python.exe" -m app --host 0.0.0.0 --port 8000 %*
 exit /b %errorlevel%
 :failed

@@ -8,12 +8,14 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliApp, SettingsError
+from uvicorn.server import STARTUP_FAILURE
 
 from app.access.guard import warn_if_open
 from app.access.keys import KeysFileError
 from app.errors import describe_validation_errors
+from app.lifecycle import DrainingServer, exit_after_serving
 from app.main import create_app
-from app.request_id import configure_logging
+from app.observe.logs import configure_logging
 from app.settings import Settings
 
 logger = logging.getLogger("app")
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(settings)  # reads --api-keys-file: refuse a bad one before anything runs
     except KeysFileError as exc:
         raise SystemExit(f"python -m app: --api-keys-file: {exc}") from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.demo:
         logger.warning("=" * 72)
         logger.warning("DEMO MODE: serving tiny RANDOM weights from %s", settings.demo_dir)
@@ -62,15 +64,20 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("=" * 72)
     warn_if_open(settings.host, keys_configured=settings.api_keys_file is not None)
     logger.info("listening on http://%s:%d (docs at /docs)", settings.host, settings.port)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_config=None,  # keep configure_logging's handler: request ids on uvicorn's lines too
+        log_config=None,  # keep configure_logging's handler: one format, request ids on every line
         log_level=settings.log_level,
-        access_log=False,  # RequestIdMiddleware logs one line per request, with its id
+        access_log=False,  # app.observe's middleware logs one line per request, with its usage
         **server_options(settings),
     )
+    server = DrainingServer(config, app.state.worker, drain_timeout=settings.drain_timeout)
+    server.run()
+    if not server.started:  # the port was taken, or the lifespan failed: uvicorn said why
+        raise SystemExit(STARTUP_FAILURE)
+    exit_after_serving(app.state.worker)
 
 
 if __name__ == "__main__":

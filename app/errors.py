@@ -136,7 +136,9 @@ class ClientDisconnectedError(ServiceError):
 
 
 class ShuttingDownError(ServiceError):
-    """The server is stopping: nothing new is taken, and what still waits is refused."""
+    """The server is stopping (draining after SIGTERM/SIGINT): nothing new is taken, and what
+    still waits when the drain times out is refused; another instance, or this one restarted,
+    serves the retry."""
 
     status_code = 503
     code = "shutting_down"
@@ -231,7 +233,11 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
 def error_response(
     request: Request, status_code: int, code: str, message: str, retry_after_s: int | None = None
 ) -> JSONResponse:
-    """The envelope; the request id goes into both body and header, also for crashes."""
+    """The envelope; the request id goes into both body and header, also for crashes.
+
+    The code is also left on `request.state.error_code`, for the usage record and the metrics.
+    """
+    request.state.error_code = code
     request_id = getattr(request.state, "request_id", None) or current_request_id()
     headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
     if retry_after_s is not None:

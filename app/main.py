@@ -25,6 +25,9 @@ from app.errors import install_error_handlers
 from app.jobs import routes as jobs_routes
 from app.jobs.runner import JobRunner
 from app.jobs.store import InMemoryJobStore, JobStore
+from app.observe import routes as observe_routes
+from app.observe.metrics import ServiceMetrics
+from app.observe.middleware import RequestObserver
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import health, page, try_on
 from app.settings import Settings
@@ -58,6 +61,9 @@ def create_app(
         )
     if cache is None and settings.cache_bytes > 0:
         cache = InMemoryResultCache(settings.cache_bytes)
+    metrics = ServiceMetrics(worker)
+    worker.add_listener(metrics.observe_inference)
+    metrics.watch_jobs(job_store.counts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,9 +88,12 @@ def create_app(
     app.state.worker = worker
     app.state.cache = cache
     app.state.jobs = JobRunner(job_store, worker, cache)
-    # Middleware, outermost first: request id -> CORS -> access -> limits -> routes. Each
-    # add_middleware wraps the ones before, so they are added innermost first. CORS sits outside
-    # access so that preflights never need a key and a browser can read a 401's or 429's body.
+    app.state.metrics = metrics
+    # Middleware, outermost first: request id -> observer (metrics, usage log) -> CORS -> access
+    # -> limits -> routes. Each add_middleware wraps the ones before, so they are added innermost
+    # first. CORS sits outside access so that preflights never need a key and a browser can read
+    # a 401's or 429's body; the observer sits outside both so that what they refuse is counted,
+    # timed and logged like any other request.
     rate_limits = RateLimits(parse_rate_limit(settings.rate_limit)) if settings.rate_limit else None
     active = ActiveWork(settings.max_active_per_client) if settings.max_active_per_client else None
     if rate_limits or active:
@@ -105,11 +114,13 @@ def create_app(
             "WWW-Authenticate",
         ],
     )
+    app.add_middleware(RequestObserver, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every response has an id
     install_error_handlers(app)
     app.include_router(try_on.router)
     app.include_router(jobs_routes.router)
     app.include_router(health.router)
+    app.include_router(observe_routes.router)
     app.include_router(page.router)
     app.mount(page.STATIC_PATH, page.static_files(), name="static")
     return app

@@ -7,9 +7,7 @@ anywhere while serving a request names that request without passing the id aroun
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 import uuid
 from contextvars import ContextVar
 
@@ -17,12 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-# A client-chosen id goes into logs and headers: accept only short, plain tokens.
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Monitors poll these every few seconds: their access lines go to DEBUG, not INFO.
-QUIET_PATHS = frozenset({"/health"})
-
-logger = logging.getLogger("app.access")
+# A client-chosen id goes into logs and headers: accept only short, plain tokens, the WHOLE id
+# (fullmatch: with `re.match` and `$`, "abc\n" would pass, `$` matching before a final newline).
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def current_request_id() -> str | None:
@@ -41,52 +36,17 @@ class RequestIdMiddleware:
             return
         headers = dict(scope["headers"])
         incoming = headers.get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         # Each request runs in its own task, so the value never leaks into another request.
         _request_id.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
-        started = time.perf_counter()
-        status = 0
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(name.lower() == b"x-request-id" for name, _ in headers):
                     headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            # ServerErrorMiddleware, outside this one, sends the 500: log what the client gets.
-            status = status or 500
-            raise
-        finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            method, path = scope["method"], scope["path"]
-            level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
-            logger.log(level, "%s %s -> %s in %.0f ms", method, path, status, elapsed_ms)
-
-
-class RequestIdLogFilter(logging.Filter):
-    """Adds `request_id` ("-" outside a request) to every record a handler formats."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = _request_id.get() or "-"
-        return True
-
-
-def configure_logging(level: str) -> None:
-    """One stream handler on the root logger; uvicorn's loggers propagate into it."""
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdLogFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    # Library warnings (Pillow's "Corrupt EXIF data", ...) go through the same handler, so they
-    # carry the request id instead of reaching stderr bare.
-    logging.captureWarnings(True)
+        await self.app(scope, receive, send_with_id)

@@ -15,7 +15,7 @@ from catvton.errors import InvalidInputError
 from catvton.masking import CLOTH_TYPES, parse_cloth_type
 
 OutputFormat = Literal["png", "jpeg", "webp"]
-HealthStatus = Literal["ok", "loading", "error"]
+HealthStatus = Literal["ok", "loading", "error", "draining"]
 
 
 class TryOnOptions(BaseModel):

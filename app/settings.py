@@ -116,6 +116,22 @@ class Settings(BaseSettings):
         "networks, '*' for any, '' for none",
     )
 
+    # -- observe: logs, warm-up, draining (operations.md, Logs and Lifecycle) --
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines: text for people, json (one object a line) for shippers"
+    )
+    warm_up: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="one short inference after loading, before /health says ok "
+        "(auto: on CUDA only, where the first call pays for lazy initialisation)",
+    )
+    drain_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="seconds after SIGTERM/SIGINT for the running and queued inferences to "
+        "finish; what is left then fails with shutting_down",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def split_origins(cls, value: Any) -> Any:

@@ -20,13 +20,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from app.errors import (
     ClientDisconnectedError,
@@ -57,6 +58,10 @@ from catvton.tiny import TINY_SIZE, write_tiny_weights
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str], None]
+WARM_UP_STEPS = 2
+# Called on the device thread after each inference: outcome (ok, out_of_memory, error) and seconds
+# per stage, "total" included (app.observe.metrics records them).
+InferenceListener = Callable[[str, Mapping[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,29 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     pipeline = load_pipeline(resolved, device=settings.device, dtype=settings.dtype, size=size)
     progress("loading the AutoMasker")
     masker = load_automasker(resolved.catvton_dir, device=settings.masker_device or pipeline.device)
-    return Models(pipeline=pipeline, masker=masker)
+    models = Models(pipeline=pipeline, masker=masker)
+    if settings.warm_up == "on" or (settings.warm_up == "auto" and pipeline.device.type == "cuda"):
+        progress("warming up")
+        started = time.perf_counter()
+        warm_up(models)
+        logger.info("warm-up done in %.1f s", time.perf_counter() - started)
+    return models
+
+
+def warm_up(models: Models) -> None:
+    """The masker once and a short inference at the working size, on plain synthetic images.
+
+    On CUDA the first call of each kernel pays for lazy initialisation (module loading, cuDNN and
+    cuBLAS autotuning, the caching allocator's first blocks): seconds that the first user would
+    otherwise wait. Guidance above 1 so the batched (conditional + unconditional) pass runs too.
+    """
+    size = models.pipeline.size
+    person_image = Image.new("RGB", size, (128, 128, 128))
+    cloth_image = Image.new("RGB", size, (200, 60, 60))
+    mask_image = models.masker(person_image, "upper").mask
+    models.pipeline(
+        person_image, cloth_image, mask_image, num_inference_steps=WARM_UP_STEPS, guidance_scale=2.5
+    )
 
 
 class InferenceWorker:
@@ -128,6 +155,8 @@ class InferenceWorker:
         self._step_times = StepTimes()
         self._identity = ""
         self._stopping = False
+        self.draining = False
+        self._listeners: list[InferenceListener] = []
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._own_device, name="device-worker", daemon=True)
 
@@ -136,15 +165,38 @@ class InferenceWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Refuse what still waits, let a running inference finish for up to `timeout` seconds."""
+    def add_listener(self, listener: InferenceListener) -> None:
+        self._listeners.append(listener)
+
+    def begin_drain(self) -> None:
+        """Admit no new request (503 shutting_down); those admitted, queued or running go on."""
         with self._condition:
+            self.draining = True
+
+    @property
+    def idle(self) -> bool:
+        """Nothing admitted, queued or running: a drain is complete."""
+        with self._condition:  # the device thread moves a ticket from queue to running under it
+            return self._running is None and not self._waiting and not any(self._receiving.values())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Fail what waits or runs with shutting_down, then give the thread `timeout` seconds.
+
+        The running inference cannot be interrupted: its client is answered now, and the device
+        thread (a daemon) ends with the process. A second call returns at once.
+        """
+        with self._condition:
+            if self._stopping:
+                return
             self._stopping = True
             refused = list(self._waiting)
             self._waiting.clear()
+            running = self._running
             self._condition.notify_all()
         for ticket in refused:
-            ticket.refuse(ShuttingDownError())
+            ticket.refuse(ShuttingDownError("the request was still queued"))
+        if running is not None:
+            running.resolve(running.done, error=ShuttingDownError("the inference did not finish"))
         self._thread.join(timeout)
 
     # -- the event loop's side -----------------------------------------------------------------
@@ -217,6 +269,8 @@ class InferenceWorker:
         place passes to the queued job without a gap.
         """
         with self._condition:
+            if self.draining:
+                raise ShuttingDownError()
             self.check_accepting(door)
             self._receiving[door] += 1
         try:
@@ -388,11 +442,17 @@ class InferenceWorker:
 
     def _serve(self, ticket: QueuedWork) -> None:
         """Run one job on this thread, in the request's context (its id is in every log line)."""
-        queue_wait = time.perf_counter() - ticket.enqueued_at
+        started = time.perf_counter()
+        queue_wait = started - ticket.enqueued_at
         ticket.resolve(ticket.started)
+        result, stage_seconds = "error", {}
         try:
             outcome = self._infer(ticket)
+        except InferenceCanceledError as exc:
+            result = "canceled"
+            ticket.resolve(ticket.done, error=exc)
         except torch.cuda.OutOfMemoryError:
+            result = "out_of_memory"
             logger.warning("CUDA out of memory; emptying the cache, the next request may proceed")
             ticket.resolve(ticket.done, error=GPUOutOfMemoryError())
         except Exception as exc:
@@ -401,12 +461,19 @@ class InferenceWorker:
             error = RuntimeError(f"inference raised {type(exc).__name__}: {exc}")
             ticket.resolve(ticket.done, error=error.with_traceback(exc.__traceback__))
         else:
+            result = "ok"
+            stage_seconds = {
+                name.removeprefix("pipeline_"): seconds for name, seconds in outcome.timings.items()
+            }
             self.inferences_served += 1
             outcome.timings["queue_wait"] = queue_wait
             ticket.resolve(ticket.done, outcome)
         finally:
             # Outside the except blocks, so the OOM traceback's tensors are already released.
             self._empty_cache()
+        stage_seconds["total"] = time.perf_counter() - started
+        for listener in self._listeners:
+            listener(result, stage_seconds)
 
     def _empty_cache(self) -> None:
         device = self.device

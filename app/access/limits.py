@@ -3,10 +3,14 @@
 Both apply to the routes that create GPU work (`WORK_ROUTES`), per `client_id` (the key's name, or
 the IP when keys are off), before the upload is read:
 
-- `--rate-limit` (the `limits` library's notation, e.g. `30/minute;500/day`): a moving window per
-  client and item, so no burst doubles the limit at a window edge. Every answer of a work route
+- `--rate-limit` (the `limits` library's notation, e.g. `30/minute;500/day`): a fixed window per
+  client and item, opened by the client's first request in it. Every answer of a work route
   carries the IETF `RateLimit-Policy` and `RateLimit` fields; past the limit, 429 `rate_limited`
-  with `Retry-After` (when the oldest request leaves the window).
+  with `Retry-After` (when the window closes). Fixed rather than moving: a moving window's
+  in-memory storage sweeps every client's timestamps in the background (one thread hop per
+  client), which made the limiter's p99 three times worse with 1,000 clients
+  (scripts/benchmark_access.py); a fixed window keeps one counter per client and item. The price
+  is a burst of up to twice the limit across a window's end.
 - `--max-active-per-client`: queued plus running work (synchronous requests and jobs); past it, 429
   `too_many_active_requests`. Below the queue's capacity it is what keeps one client from filling
   the queue while others wait: each client holds at most that many of its places.
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -82,14 +86,14 @@ class RateLimits:
         if isinstance(storage, str):
             storage = storage_from_string(storage)
         self.items = items
-        self.limiter = MovingWindowRateLimiter(storage)
+        self.limiter = FixedWindowRateLimiter(storage)
         self.policy = ", ".join(
             f'"{policy_name(item)}";q={item.amount};w={item.get_expiry()}' for item in items
         )
 
     async def hit(self, client: str) -> RateVerdict:
         """Count one request of `client`; the first exhausted item refuses it, and the items
-        after that one are not counted (a moving window counts nothing it refuses)."""
+        after that one are not counted."""
         key = (LIMIT_NAMESPACE, client)
         refused = None
         for item in self.items:
@@ -116,8 +120,10 @@ class ActiveSlot:
     """One unit of a client's active work; released once, by whoever holds it last.
 
     The middleware holds the slot of each work request and releases it when the response is
-    done, unless a job took it over (`hand_over`): a queued job keeps its client's slot until it
-    is final, and the job's code then calls `release`.
+    done, unless a job took it over (`hand_over`) AND the answer was a success: a queued job keeps
+    its client's slot until it is final, and the job's code then calls `release`. A submit that
+    fails after the hand-over (503 queue full, ...) created no job, so the middleware releases
+    the slot then; `release` is idempotent, so nothing is given back twice.
     """
 
     work: ActiveWork
@@ -165,7 +171,8 @@ def take_active_slot(connection: HTTPConnection) -> ActiveSlot | None:
     """For the jobs' submit route: keep this request's active slot for the job's lifetime.
 
     Returns None when `--max-active-per-client` is off. The caller must `release()` the slot
-    when the job is final (succeeded, failed, canceled, or never queued).
+    when the job is final (succeeded, failed, canceled); if the request answers an error instead,
+    the middleware releases it.
     """
     slot: ActiveSlot | None = connection.scope.get("state", {}).get(ACTIVE_SLOT_STATE_KEY)
     return slot.hand_over() if slot is not None else None
@@ -205,10 +212,18 @@ class LimitsMiddleware:
             error.headers = {**headers, **error.headers}
             await send_error(scope, receive, send, error)
             return
+        status = 0
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, with_headers(send, headers))
+            await self.app(scope, receive, with_headers(send_and_watch, headers))
         finally:
-            if slot is not None and not slot.handed_over:
+            if slot is not None and not (slot.handed_over and 200 <= status < 300):
                 slot.release()
 
     def describe(self) -> str:

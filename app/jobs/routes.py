@@ -119,9 +119,10 @@ async def submit_job(
             fingerprint=await received.fingerprint() if key is not None else None,
         )
         cache_key = await received.cache_key(worker.model_identity) if cache is not None else None
-        request.state.usage_cached = False
-        if cache_key and (result := await cache.get(cache_key)):
-            request.state.usage_cached = True
+        result = await cache.get(cache_key) if cache_key else None
+        if cache_key:  # the cache is consulted: a hit or a miss for the usage record and metrics
+            request.state.usage_cached = result is not None
+        if result is not None:
             stored, created = await jobs.add_cached(record, result, timer=timer)
         else:
             size = worker.size

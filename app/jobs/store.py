@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -76,6 +76,10 @@ class JobStore(ABC):
     @abstractmethod
     async def delete(self, job_id: str) -> None:
         """Forget the job, its result and its idempotency key; later lookups answer 404."""
+
+    @abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """Jobs kept, by status (the `catvton_jobs` gauge reads it at each scrape)."""
 
     @abstractmethod
     def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
@@ -168,6 +172,10 @@ class InMemoryJobStore(JobStore):
         self._expire()
         self._lookup(job_id)
         self._forget(job_id, tombstone=False)
+
+    async def counts(self) -> dict[str, int]:
+        self._expire()
+        return dict(Counter(record.status for record in self._records.values()))
 
     async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
         record: JobRecord | None = await self.get(job_id)

@@ -9,7 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.dependencies import SettingsDep, WorkerDep
-from app.errors import health_headers, health_status_code
+from app.errors import ShuttingDownError, health_headers, health_status_code
+from app.observe.metrics import gpu_memory_bytes
 from app.schemas import GpuMemory, HealthResponse
 from app.worker import InferenceWorker
 
@@ -20,18 +21,20 @@ DEMO_NOTE = "DEMO MODE: tiny random weights, results are noise (for integration 
 
 def read_gpu_memory(worker: InferenceWorker) -> GpuMemory | None:
     device = worker.device
-    if device is None or device.type != "cuda":
+    if (memory := gpu_memory_bytes(device)) is None:
         return None
     mebibyte = 1024 * 1024
     return GpuMemory(
         name=torch.cuda.get_device_name(device),
-        allocated_mb=round(torch.cuda.memory_allocated(device) / mebibyte, 1),
-        reserved_mb=round(torch.cuda.memory_reserved(device) / mebibyte, 1),
-        total_mb=round(torch.cuda.get_device_properties(device).total_memory / mebibyte, 1),
+        allocated_mb=round(memory["allocated"] / mebibyte, 1),
+        reserved_mb=round(memory["reserved"] / mebibyte, 1),
+        total_mb=round(memory["total"] / mebibyte, 1),
     )
 
 
 def describe(worker: InferenceWorker, demo: bool) -> str:
+    if worker.draining:
+        return ShuttingDownError().message
     if (reason := worker.unavailable()) is not None:
         return reason.message
     return DEMO_NOTE if demo else "Ready"
@@ -39,10 +42,12 @@ def describe(worker: InferenceWorker, demo: bool) -> str:
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health(worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
-    """200 with status "ok" when a try-on can be served; 503 with "loading" or "error" otherwise."""
+    """200 with status "ok" when a try-on can be served; 503 with "loading", "error" or
+    "draining" (shutting down: a load balancer stops sending here) otherwise."""
     pipeline = worker.models.pipeline if worker.models else None
+    state = "draining" if worker.draining else worker.state
     body = HealthResponse(
-        status=worker.state,
+        status=state,
         model_loaded=pipeline is not None,
         message=describe(worker, settings.demo),
         error=worker.error,
@@ -60,6 +65,6 @@ async def health(worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
     )
     return JSONResponse(
         body.model_dump(mode="json"),
-        status_code=health_status_code(worker.state),
-        headers=health_headers(worker.state),
+        status_code=health_status_code(state),
+        headers=health_headers(state),
     )

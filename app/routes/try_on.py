@@ -78,9 +78,11 @@ async def try_on(
         options = received.options
         request.state.usage_steps = options.num_inference_steps
         key = await received.cache_key(worker.model_identity) if cache is not None else None
-        if key and (result := await cache.get(key)):
-            request.state.usage_cached = True
-            return await respond(request, result, options, timer, cached=True)
+        if key:  # the cache is consulted: a hit or a miss for the usage record and metrics
+            result = await cache.get(key)
+            request.state.usage_cached = result is not None
+            if result is not None:
+                return await respond(request, result, options, timer, cached=True)
         size = worker.size
 
         # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
@@ -93,13 +95,13 @@ async def try_on(
             disconnected=partial(wait_for_disconnect, request),
         )
     timer.add_seconds(outcome.timings)
+    request.state.usage_steps = options.num_inference_steps  # for the usage record
 
     # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG
     with timer("encode"):
         result = await encode_outcome(outcome, options)
     if key:
         await cache.put(key, result)
-    request.state.usage_cached = False
     return await respond(request, result, options, timer, cached=False)
 
 

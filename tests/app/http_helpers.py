@@ -6,7 +6,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -143,3 +143,15 @@ def assert_envelope(response: httpx.Response, status: int, code: str, says: str)
     assert says in body["message"], body["message"]
     assert body["requestId"] == response.headers["X-Request-ID"]
     return body
+
+
+def wait_for_health(base_url: str, condition: Callable[[dict], bool], timeout: float = 60) -> dict:
+    """Poll /health (any status code) until `condition(body)`; return that body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = httpx.get(f"{base_url}/health", timeout=5).json()
+        if condition(body):
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/health never matched: {body}")
+        time.sleep(0.02)

@@ -103,12 +103,21 @@ def test_open_routes_need_no_key(keyed_server: str) -> None:
     assert httpx.get(f"{keyed_server}/health").status_code == 200
     preflight = httpx.options(
         f"{keyed_server}/api/try-on",
-        headers={"Origin": "http://localhost:8081", "Access-Control-Request-Method": "POST"},
+        headers={
+            "Origin": "http://localhost:8081",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, x-api-key",
+        },
     )
     assert preflight.status_code == 200
-    # Not served yet (the page, metrics), but not refused: 404, never 401.
-    for path in ("/", "/static/app.js", "/metrics"):
+    # Named, not "*": a wildcard does not cover Authorization in browsers.
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    # Not served yet (the page), but not refused: 404, never 401.
+    for path in ("/", "/static/app.js"):
         assert httpx.get(f"{keyed_server}{path}").status_code == 404, path
+    metrics = httpx.get(f"{keyed_server}/metrics")  # a loopback client: open
+    assert metrics.status_code == 200
+    assert "catvton_http_requests_total" in metrics.text
 
 
 def test_everything_else_needs_a_key_by_default(keyed_server: str) -> None:
@@ -126,16 +135,22 @@ def test_everything_else_needs_a_key_by_default(keyed_server: str) -> None:
     assert httpx.get(f"{keyed_server}/docs", headers=bearer(ALICE_KEY)).status_code == 200
 
 
+def test_a_browser_can_read_the_401(keyed_server: str) -> None:
+    """CORS wraps access control, so the page (another origin) sees the 401 and its headers."""
+    response = httpx.post(f"{keyed_server}/api/try-on", headers={"Origin": "http://localhost:8081"})
+    assert response.status_code == 401
+    assert response.headers["Access-Control-Allow-Origin"] in ("*", "http://localhost:8081")
+    assert "www-authenticate" in response.headers["Access-Control-Expose-Headers"].lower()
+
+
 def test_metrics_through_a_proxy_is_not_loopback(keyed_server: str) -> None:
     """The test client is 127.0.0.1, a trusted proxy by default: X-Forwarded-For names the
     client, so /metrics for a remote client needs a key even though the socket is loopback."""
     remote = {"X-Forwarded-For": "203.0.113.9"}
     response = httpx.get(f"{keyed_server}/metrics", headers=remote)
     assert_envelope(response, 401, "unauthorized", "API key")
-    assert (
-        httpx.get(f"{keyed_server}/metrics", headers={**remote, **bearer(BOB_KEY)}).status_code
-        == 404
-    )
+    keyed = httpx.get(f"{keyed_server}/metrics", headers={**remote, **bearer(BOB_KEY)})
+    assert keyed.status_code == 200
 
 
 @pytest.mark.parametrize(

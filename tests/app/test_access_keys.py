@@ -1,16 +1,19 @@
-"""The keys file, the route rules and the client identity, without a server (HTTP: *_http.py)."""
+"""The keys file, route rules, client identity and slot hand-over, without a server (*_http.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from pathlib import Path
 
 import pytest
+from starlette.requests import HTTPConnection
+from starlette.types import Message, Receive, Scope, Send
 
 from app.access.guard import is_open, warn_if_open
 from app.access.keys import KeysFileError, parse_keys_file, read_keys_file
-from app.access.limits import parse_rate_limit
+from app.access.limits import ActiveWork, LimitsMiddleware, parse_rate_limit, take_active_slot
 from app.clients import UNKNOWN_CLIENT, client_ip
 
 ALICE_KEY = "alice-0123456789abcdef"
@@ -162,3 +165,29 @@ def test_rate_limit_notation() -> None:
         "30 per 1 minute",
         "500 per 1 day",
     ]
+
+
+async def answer(send: Send, status: int) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.mark.parametrize(("status", "held"), [(202, 1), (503, 0)])
+def test_a_slot_taken_by_a_job_is_kept_only_if_the_submit_succeeds(status: int, held: int) -> None:
+    """A submit that takes the slot and then fails (queue full) created no job: not a leak."""
+    active = ActiveWork(max_per_client=1)
+
+    async def submit_route(scope: Scope, receive: Receive, send: Send) -> None:
+        assert take_active_slot(HTTPConnection(scope)) is not None
+        await answer(send, status)
+
+    async def sent(message: Message) -> None:
+        pass
+
+    async def request() -> None:
+        scope = {"type": "http", "method": "POST", "path": "/api/try-on/jobs", "headers": []}
+        scope["client"] = ("198.51.100.1", 1)
+        await LimitsMiddleware(submit_route, None, active)(scope, None, sent)  # type: ignore[arg-type]
+
+    asyncio.run(request())
+    assert active.counts["198.51.100.1"] == held

@@ -59,7 +59,7 @@ def test_a_client_over_its_limit_while_another_keeps_getting_200(limited_server:
     refused = httpx.post(url, content=b"x", headers={**key("alice"), **NOT_MULTIPART})
     assert_envelope(refused, 429, "rate_limited", "3/minute")
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
-    assert remaining(refused) == [0, 97]  # a refused request is not counted
+    assert remaining(refused) == [0, 97]  # the items after the refusing one are not counted
     for expected in ([2, 99], [1, 98]):
         served = post_try_on(limited_server, try_on_parts(**FAST), headers=key("bob"))
         assert served.status_code == 200, served.text

@@ -62,6 +62,8 @@ async def test_a_record_is_stored_updated_and_versioned() -> None:
     finished = await store.finish(record.job_id, result_of(10), status="succeeded", stage=None)
     assert finished.expires_at == clock.now + 900
     assert (await store.result(record.job_id)).image.data == b"i" * 10
+    await store.create(make_record(clock))
+    assert await store.counts() == {"succeeded": 1, "queued": 1}
 
 
 async def test_unknown_ids_raise_not_found() -> None:

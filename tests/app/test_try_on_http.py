@@ -20,7 +20,7 @@ from http_helpers import (
 )
 from PIL import Image
 
-from app.request_id import RequestIdLogFilter
+from app.observe.logs import RequestIdLogFilter
 
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}  # the API's minimum: seconds on CPU
 

@@ -1,0 +1,1 @@
+"""Seeing the service run: Prometheus metrics, text/JSON logs with usage records."""

@@ -1,0 +1,209 @@
+"""Prometheus metrics (operations.md, Metrics): one registry per app, bounded label values only.
+
+A registry per app rather than prometheus-client's global one: the tests (and a cluster replica
+that builds several apps) create many apps in one process, and each /metrics must describe its own
+worker, not the sum of every app ever built.
+
+Labels never take a client-chosen value: routes are templates (`/api/jobs/{job_id}`), unknown
+paths share UNMATCHED_ROUTE, unknown methods share "OTHER", rejection reasons and cache results come
+from fixed sets. A scan of random URLs therefore adds no series.
+
+Hooks for the other concerns:
+- rejections (`catvton_rejected_total`) and cache hits (`catvton_cache_requests_total`) are counted
+  by the middleware from what the request leaves on its state: the error code that
+  `app.errors.error_response` records, and `request.state.usage_cached` (True: hit, False: miss).
+  Nothing to call: answer with the error envelope, set `usage_cached` where the cache is consulted.
+- `ServiceMetrics.watch_jobs(counts)`: an async callable returning the job store's
+  `{status: count}`, awaited at each scrape for `catvton_jobs` (async: the store may be Redis).
+- `ServiceMetrics.observe_inference(outcome, stage_seconds)`: the worker's listener.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.routing import Match
+
+if TYPE_CHECKING:
+    from app.worker import InferenceWorker
+
+UNMATCHED_ROUTE = "unmatched"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+INFERENCE_OUTCOMES = ("ok", "out_of_memory", "canceled", "error")
+CACHE_RESULTS = ("hit", "miss")
+# Error codes that mean "refused by policy or capacity", not "bad input": catvton_rejected_total.
+REJECTION_REASONS = (
+    "unauthorized",
+    "rate_limited",
+    "too_many_active_requests",
+    "gpu_busy",
+    "shutting_down",
+    "models_loading",
+    "upload_timeout",
+)
+# Seconds: /health answers in milliseconds, a try-on on a GPU in seconds, on a CPU in minutes.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+JobCounts = Callable[[], Awaitable[Mapping[str, int]]]
+
+
+def gpu_memory_bytes(device: torch.device | None) -> dict[str, int] | None:
+    """Allocated, reserved and total bytes of a CUDA device; None for any other device."""
+    if device is None or device.type != "cuda":
+        return None
+    return {
+        "allocated": torch.cuda.memory_allocated(device),
+        "reserved": torch.cuda.memory_reserved(device),
+        "total": torch.cuda.get_device_properties(device).total_memory,
+    }
+
+
+def route_template(scope: Mapping[str, Any]) -> str:
+    """The template of the route that served (or would serve) this request, else UNMATCHED_ROUTE.
+
+    The router records the route it chose in `scope["route"]`; a request refused before routing
+    (a missing key, a rate limit) is matched here against the same routes.
+    """
+    route = scope.get("route")
+    if route is None:
+        route = _match(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
+    return getattr(route, "path_format", None) or UNMATCHED_ROUTE
+
+
+def _match(routes: Iterable[Any], scope: Mapping[str, Any]) -> Any:
+    """The first fully matching route, else the first partial one (a 405), else None. FastAPI
+    wraps an included router in a route-like object with the router as `original_router`."""
+    partial = None
+    for candidate in routes:
+        match, _ = candidate.matches(scope)
+        if match is Match.NONE:
+            continue
+        included = getattr(candidate, "original_router", None)
+        if included is not None:
+            candidate = _match(included.routes, scope)
+        if match is Match.FULL and candidate is not None:
+            return candidate
+        partial = partial or candidate
+    return partial
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
+class ServiceMetrics:
+    """Every metric of the spec's table in one registry; `/metrics` renders `registry`."""
+
+    def __init__(self, worker: InferenceWorker) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "catvton_http_requests_total",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "catvton_http_request_duration_seconds",
+            "Time from the request's first byte to its last response byte, by route template",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "catvton_inference_seconds",
+            "Seconds per inference stage on the device (total: the whole inference)",
+            ["stage"],
+            buckets=INFERENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.inferences = Counter(
+            "catvton_inferences_total",
+            "Inferences run, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.cache_requests = Counter(
+            "catvton_cache_requests_total",
+            "Result cache look-ups, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "catvton_rejected_total",
+            "Requests refused by policy or capacity, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge("catvton_jobs", "Jobs by status", ["status"], registry=self.registry)
+        # Known label values start at 0, so rate() and increase() see the first event.
+        for outcome in INFERENCE_OUTCOMES:
+            self.inferences.labels(outcome)
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)
+        self._job_counts: JobCounts | None = None
+        self.registry.register(_WorkerStateCollector(worker))
+
+    def watch_jobs(self, counts: JobCounts) -> None:
+        """Report `await counts()` (status -> number of jobs) as `catvton_jobs` at every scrape."""
+        self._job_counts = counts
+
+    async def refresh(self) -> None:
+        """Read what only an await can read (the job store) before a scrape renders."""
+        if self._job_counts is not None:
+            counts = await self._job_counts()
+            self.jobs.clear()  # a status no job has any more goes, not stuck at its last value
+            for status, count in counts.items():
+                self.jobs.labels(status).set(count)
+
+    def observe_request(
+        self, route: str, method: str, status: int, seconds: float, state: Mapping[str, Any]
+    ) -> None:
+        """One finished request; `state` is its `request.state` (error code, cache use)."""
+        self.requests.labels(route, method_label(method), str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
+        if (reason := state.get("error_code")) in REJECTION_REASONS:
+            self.rejected.labels(reason).inc()
+        cached = state.get("usage_cached")
+        if isinstance(cached, bool):
+            self.cache_requests.labels(CACHE_RESULTS[0] if cached else CACHE_RESULTS[1]).inc()
+
+    def observe_inference(self, outcome: str, stage_seconds: Mapping[str, float]) -> None:
+        """The worker's listener (device thread; prometheus-client is thread-safe)."""
+        self.inferences.labels(outcome).inc()
+        for stage, seconds in stage_seconds.items():
+            self.inference_seconds.labels(stage).observe(seconds)
+
+
+def metrics_of(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+class _WorkerStateCollector(Collector):
+    """Gauges read from the worker at scrape time: always current, nothing to keep in step."""
+
+    def __init__(self, worker: InferenceWorker) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "catvton_queue_depth", "Requests waiting for the device", value=self.worker.queue_depth
+        )
+        yield GaugeMetricFamily(
+            "catvton_model_loaded",
+            "1 once the models are loaded",
+            value=int(self.worker.models is not None),
+        )
+        if (memory := gpu_memory_bytes(self.worker.device)) is not None:
+            gpu = GaugeMetricFamily(
+                "catvton_gpu_memory_bytes", "CUDA memory of the device, by kind", labels=["kind"]
+            )
+            for kind, value in memory.items():
+                gpu.add_metric([kind], value)
+            yield gpu
