@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.cache.results import ResultCache
+from app.intake import Intake
 from app.jobs.runner import JobRunner
 from app.settings import Settings
 from app.worker import InferenceWorker
@@ -29,7 +30,12 @@ def get_jobs(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
+def get_intake(request: Request) -> Intake:
+    return request.app.state.intake
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[InferenceWorker, Depends(get_worker)]
 CacheDep = Annotated[ResultCache | None, Depends(get_cache)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+IntakeDep = Annotated[Intake, Depends(get_intake)]

@@ -102,6 +102,17 @@ class PayloadTooLargeError(ServiceError):
     code = "payload_too_large"
 
 
+class UploadTimeoutError(ServiceError):
+    """The body arrived too slowly; the connection is closed, so its socket is freed too."""
+
+    status_code = 408
+    code = "upload_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Connection"] = "close"  # uvicorn closes the socket after sending
+
+
 class UnauthorizedError(ServiceError):
     """No key, or not one of ours: RFC 6750's challenge tells the client to send a Bearer key."""
 

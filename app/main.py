@@ -22,6 +22,7 @@ from app.access.limits import (
 )
 from app.cache.results import InMemoryResultCache, ResultCache
 from app.errors import install_error_handlers
+from app.intake import Intake
 from app.jobs import routes as jobs_routes
 from app.jobs.runner import JobRunner
 from app.jobs.store import InMemoryJobStore, JobStore
@@ -88,6 +89,7 @@ def create_app(
     app.state.worker = worker
     app.state.cache = cache
     app.state.jobs = JobRunner(job_store, worker, cache)
+    app.state.intake = Intake(settings)  # one decode memory budget for every request
     app.state.metrics = metrics
     # Middleware, outermost first: request id -> observer (metrics, usage log) -> CORS -> access
     # -> limits -> routes. Each add_middleware wraps the ones before, so they are added innermost

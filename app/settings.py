@@ -77,6 +77,23 @@ class Settings(BaseSettings):
         description="where --demo writes its tiny weights",
     )
 
+    # -- hostile clients: what one request may cost (issue 8) --
+    upload_timeout: float = Field(
+        120.0, gt=0, description="seconds a request body may take to arrive in whole (408 after)"
+    )
+    upload_idle_timeout: float = Field(
+        20.0, gt=0, description="seconds an upload may send nothing before it gets 408"
+    )
+    max_jpeg_scans: int = Field(
+        100, ge=1, description="scans a progressive JPEG may have (photos have about 10)"
+    )
+    decode_memory_mb: float = Field(
+        512.0,
+        gt=0,
+        description="MiB that image decoding may use at once, over all requests; "
+        "decodes beyond it wait their turn",
+    )
+
     # -- try-on jobs and the result cache (jobs.md) --------------------------------------------
     max_queued_jobs: int = Field(
         32, ge=1, description="jobs that may wait in the queue (POST /api/try-on/jobs; 503 beyond)"
@@ -178,3 +195,7 @@ class Settings(BaseSettings):
     @property
     def max_image_pixels(self) -> int:
         return int(self.max_image_megapixels * 1_000_000)
+
+    @property
+    def decode_memory_bytes(self) -> int:
+        return int(self.decode_memory_mb * MEBIBYTE)

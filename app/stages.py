@@ -19,9 +19,9 @@ from starlette.requests import Request
 from app.cache.keys import cache_key, hash_files, request_fingerprint
 from app.encoding import EncodedResult, encode_result
 from app.errors import InvalidFieldError, describe_validation_errors
-from app.intake import ReceivedForm, TryOnImages, decode_uploads, fit_to_size, receive_upload
+from app.intake import Intake, TryOnImages
 from app.schemas import TryOnOptions, TryOnResponse
-from app.settings import Settings
+from app.uploads import ReceivedForm
 from app.work import TryOnOutcome
 from catvton.pipeline import RANDOM_SEED
 
@@ -88,24 +88,22 @@ class ReceivedTryOn:
         return cache_key(await self.file_hashes(), self.options, model_identity)
 
 
-async def receive_try_on(request: Request, settings: Settings, timer: StageTimer) -> ReceivedTryOn:
-    """Stream the upload in (byte caps) and validate the options before any decoding."""
+async def receive_try_on(request: Request, intake: Intake, timer: StageTimer) -> ReceivedTryOn:
+    """Stream the upload in (byte caps, deadlines) and validate the options before any decoding."""
     with timer("upload"):
-        form = await receive_upload(request, max_file_bytes=settings.max_upload_bytes)
+        form = await intake.receive(request)
     return ReceivedTryOn(form=form, options=parse_options(form.fields))
 
 
 async def prepare_images(
-    received: ReceivedTryOn, size: tuple[int, int], settings: Settings, timer: StageTimer
+    received: ReceivedTryOn, size: tuple[int, int], intake: Intake, timer: StageTimer
 ) -> TryOnImages:
-    """Stages 1 and 2, in the thread pool: bytes -> RGB images (413/415 naming the field) ->
-    fitted to the working size."""
+    """Stages 1 and 2, in the thread pool: bytes -> RGB images (413/415 naming the field, within
+    the decode memory budget) -> fitted to the working size."""
     with timer("decode"):
-        images = await decode_uploads(
-            received.form, size=size, max_pixels=settings.max_image_pixels
-        )
+        images = await intake.decode(received.form, size)
     with timer("preprocess"):
-        return await fit_to_size(images, size)
+        return await intake.fit(images, size)
 
 
 async def encode_outcome(outcome: TryOnOutcome, options: TryOnOptions) -> EncodedResult:

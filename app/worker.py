@@ -284,13 +284,20 @@ class InferenceWorker:
     ) -> TryOnOutcome:
         """Queue `job`, wait for its turn and result.
 
-        `disconnected` resolves when the client goes away: a job still waiting is then dropped
-        before it costs device time. Raises the 503s of `check_accepting`, GPUBusyError after
-        `queue_timeout` seconds of waiting, GPUOutOfMemoryError, ClientDisconnectedError, and
-        whatever the pipeline raised (InvalidInputError for a bad input).
+        `disconnected` resolves when the client goes away: a job whose client is already gone is
+        refused, one still waiting is dropped, before it costs device time. Raises the 503s of
+        `check_accepting`, GPUBusyError after `queue_timeout` seconds of waiting,
+        GPUOutOfMemoryError, ClientDisconnectedError, and whatever the pipeline raised
+        (InvalidInputError for a bad input).
         """
-        ticket = self._enqueue(job, "sync", listener=None)
         watcher = asyncio.ensure_future(disconnected())
+        # One loop step for the watcher: a client that hung up while its uploads decoded is known
+        # to the server already, and `receive` says so without waiting. Checked before queueing:
+        # an idle worker would take the job at once.
+        await asyncio.sleep(0)
+        if watcher.done():
+            raise ClientDisconnectedError("the client disconnected before its job was queued")
+        ticket = self._enqueue(job, "sync", listener=None)
         try:
             await asyncio.wait(
                 {ticket.started, watcher},

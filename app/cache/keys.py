@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from app.intake import ReceivedForm
 from app.schemas import TryOnOptions
+from app.uploads import ReceivedForm
 from catvton.pipeline import RANDOM_SEED
 
 # Options that change the answer's shape, not its image: requests differing only in them share

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.access.limits import take_active_slot
 from app.clients import client_id
-from app.dependencies import CacheDep, JobsDep, SettingsDep, WorkerDep
+from app.dependencies import CacheDep, IntakeDep, JobsDep, WorkerDep
 from app.encoding import EncodedResult
 from app.errors import (
     IdempotencyKeyReusedError,
@@ -96,19 +96,19 @@ def document_response(
     summary="Submit a try-on job (the same fields as POST /api/try-on)",
 )
 async def submit_job(
-    request: Request, worker: WorkerDep, settings: SettingsDep, cache: CacheDep, jobs: JobsDep
+    request: Request, worker: WorkerDep, intake: IntakeDep, cache: CacheDep, jobs: JobsDep
 ) -> Response:
     """202 + Location at once; errors found before queueing are answered at once."""
     timer = StageTimer()
     key = read_idempotency_key(request)
     client = client_id(request)
     if key is not None and (existing := await jobs.store.claimed(client, key)) is not None:
-        received = await receive_try_on(request, settings, timer)  # the body decides: replay?
+        received = await receive_try_on(request, intake, timer)  # the body decides: replay?
         return replay(existing, await received.fingerprint())
 
     # `submit` times the whole intake, up to the queued job (scripts/benchmark_jobs.py).
     with timer("submit"), worker.admission("job"):  # 503 before any byte: loading, full, ...
-        received = await receive_try_on(request, settings, timer)
+        received = await receive_try_on(request, intake, timer)
         options = received.options
         request.state.usage_steps = options.num_inference_steps
         record = jobs.new_record(
@@ -127,7 +127,7 @@ async def submit_job(
         else:
             size = worker.size
             # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
-            images = await prepare_images(received, size, settings, timer)
+            images = await prepare_images(received, size, intake, timer)
             # 3. Infer and 4. encode: queued; the job runner takes it from here. The client's
             # active-work slot (--max-active-per-client) stays taken until the job is final.
             slot = take_active_slot(request)

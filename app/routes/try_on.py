@@ -8,9 +8,8 @@ from functools import partial
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import CacheDep, SettingsDep, WorkerDep
+from app.dependencies import CacheDep, IntakeDep, WorkerDep
 from app.encoding import EncodedResult
-from app.intake import FILE_FIELDS
 from app.schemas import ErrorResponse, TryOnOptions, TryOnResponse
 from app.stages import (
     StageTimer,
@@ -19,13 +18,14 @@ from app.stages import (
     receive_try_on,
     success_body,
 )
+from app.uploads import FILE_FIELDS
 from app.work import TryOnJob
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["try-on"])
 
 _FILE_SCHEMA = {"type": "string", "format": "binary"}
-# The body is parsed by `receive_upload` (streamed, capped), so /docs learns its shape from here.
+# The body is parsed by `Intake.receive` (streamed, capped), so /docs learns its shape from here.
 TRY_ON_REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -69,12 +69,12 @@ async def wait_for_disconnect(request: Request) -> None:
     summary="Dress the person in the garment",
 )
 async def try_on(
-    request: Request, worker: WorkerDep, settings: SettingsDep, cache: CacheDep
+    request: Request, worker: WorkerDep, intake: IntakeDep, cache: CacheDep
 ) -> Response:
     """Multipart in (person_image, cloth_image, optional mask_image and options), JSON out."""
     timer = StageTimer()
     with worker.admission():  # loading, failed or full: 503 before reading megabytes
-        received = await receive_try_on(request, settings, timer)
+        received = await receive_try_on(request, intake, timer)  # 408/413/422 at once
         options = received.options
         request.state.usage_steps = options.num_inference_steps
         key = await received.cache_key(worker.model_identity) if cache is not None else None
@@ -86,7 +86,7 @@ async def try_on(
         size = worker.size
 
         # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
-        images = await prepare_images(received, size, settings, timer)
+        images = await prepare_images(received, size, intake, timer)
 
     # 3. Infer (the single device worker): mask unless given -> pipeline -> image
     with timer("infer"):

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pillow_heif
 import uvicorn
+from fastapi import FastAPI
 from PIL import Image
 
 from app.__main__ import server_options
@@ -25,14 +26,17 @@ TINY_SIZE_TEXT = f"{TINY_SIZE[0]}x{TINY_SIZE[1]}"
 
 
 @contextmanager
-def serve(settings: Settings, worker: InferenceWorker | None = None) -> Iterator[str]:
-    """Run `create_app(settings, worker)` under uvicorn on 127.0.0.1:<free port>; yield its URL."""
+def serve(
+    settings: Settings, worker: InferenceWorker | None = None, app: FastAPI | None = None
+) -> Iterator[str]:
+    """Run `app` (default: `create_app(settings, worker)`) under uvicorn on 127.0.0.1:<free port>;
+    yield its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(settings, worker),
+        app or create_app(settings, worker),
         log_config=None,
         access_log=False,
         lifespan="on",
@@ -64,6 +68,21 @@ def wait_until_ready(base_url: str, timeout: float = 120.0) -> dict:
         if time.monotonic() > deadline:
             raise TimeoutError(f"still loading after {timeout} s: {body}")
         time.sleep(0.05)
+
+
+def health(base_url: str) -> dict:
+    return httpx.get(f"{base_url}/health", timeout=10).json()
+
+
+def wait_for(base_url: str, condition: Callable[[dict], bool], timeout: float = 60.0) -> dict:
+    """Poll /health until `condition(body)` holds; return that body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = health(base_url)
+        if condition(body):
+            return body
+        time.sleep(0.02)
+    raise TimeoutError(f"health never matched: {health(base_url)}")
 
 
 def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:

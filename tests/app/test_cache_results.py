@@ -7,8 +7,8 @@ import pytest
 from app.cache.keys import cache_key, hash_files, request_fingerprint
 from app.cache.results import InMemoryResultCache
 from app.encoding import EncodedImage, EncodedResult
-from app.intake import ReceivedForm, Upload
 from app.schemas import TryOnOptions
+from app.uploads import ReceivedForm, Upload
 
 pytestmark = pytest.mark.anyio
 

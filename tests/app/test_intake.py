@@ -14,8 +14,9 @@ from http_helpers import heic_bytes, multipart, try_on_parts
 from PIL import Image
 from starlette.requests import Request
 
+from app.decoding import decode_image, sniff_format
 from app.errors import InvalidFieldError, PayloadTooLargeError, UnsupportedImageError
-from app.intake import Upload, decode_image, receive_upload, sniff_format
+from app.uploads import Upload, UploadLimits, receive_upload
 
 SIZE = (96, 128)
 MAX_PIXELS = 40_000_000
@@ -203,7 +204,7 @@ def streamed_request(chunks: Iterable[bytes], content_type: str) -> Request:
 
 def receive(chunks: Iterable[bytes], content_type: str) -> object:
     request = streamed_request(chunks, content_type)
-    return asyncio.run(receive_upload(request, max_file_bytes=1024 * 1024))
+    return asyncio.run(receive_upload(request, UploadLimits(max_file_bytes=1024 * 1024)))
 
 
 def test_a_chunked_body_is_capped_also_outside_the_parts() -> None:

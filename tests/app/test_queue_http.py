@@ -22,11 +22,13 @@ import pytest
 import torch
 from http_helpers import (
     assert_envelope,
+    health,
     multipart,
     post_try_on,
     serve,
     tiny_settings,
     try_on_parts,
+    wait_for,
     wait_until_ready,
 )
 
@@ -64,20 +66,6 @@ class UNetProbe:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
-
-
-def health(base_url: str) -> dict:
-    return httpx.get(f"{base_url}/health", timeout=5).json()
-
-
-def wait_for(base_url: str, condition, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = health(base_url)
-        if condition(body):
-            return body
-        time.sleep(0.02)
-    raise TimeoutError(f"health never matched: {health(base_url)}")
 
 
 @pytest.fixture(scope="module")
