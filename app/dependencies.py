@@ -13,24 +13,26 @@ from app.settings import Settings
 from app.worker import InferenceWorker
 
 
-def get_settings(request: Request) -> Settings:
+# Coroutines, not plain functions: FastAPI runs a plain dependency in the thread pool, and /health
+# must answer while every pool thread decodes an upload.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_worker(request: Request) -> InferenceWorker:
+async def get_worker(request: Request) -> InferenceWorker:
     return request.app.state.worker
 
 
-def get_cache(request: Request) -> ResultCache | None:
+async def get_cache(request: Request) -> ResultCache | None:
     """The result cache, or None when `--cache-mb 0` turned it off."""
     return request.app.state.cache
 
 
-def get_jobs(request: Request) -> JobRunner:
+async def get_jobs(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
-def get_intake(request: Request) -> Intake:
+async def get_intake(request: Request) -> Intake:
     return request.app.state.intake
 
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from app.request_id import REQUEST_ID_HEADER, current_request_id
+from app.schemas import ErrorResponse
 from catvton.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,31 @@ class IdempotencyKeyReusedError(ServiceError):
             "This Idempotency-Key was already used with a different request body; "
             "use a new key for a new try-on."
         )
+
+
+# For /openapi.json: what each error status means. Every route declares each status it can answer,
+# with the envelope as its body (`error_responses`), so a generated client can read the error.
+ERROR_DESCRIPTIONS = {
+    401: "a missing or unknown API key (when the server is started with --api-keys-file)",
+    404: "no such resource (jobs: job_not_found, also for a malformed id)",
+    408: "the upload arrived too slowly (the connection is closed)",
+    409: "jobs: job_not_finished (Retry-After), or canceled",
+    410: "jobs: job_expired, the job and its result were forgotten (answered for 24 h)",
+    413: "an upload over the byte cap or the pixel cap",
+    415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
+    429: "over the rate limit or the per-client active requests (Retry-After)",
+    422: "a missing field, a malformed form or a value out of range",
+    500: "an unexpected error (details in the server log)",
+    503: "models loading or failed to load, GPU busy (Retry-After), GPU out of memory",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` declaring `statuses` with the error envelope (see ERROR_DESCRIPTIONS)."""
+    return {
+        status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }
 
 
 def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:

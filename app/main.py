@@ -21,7 +21,7 @@ from app.access.limits import (
     parse_rate_limit,
 )
 from app.cache.results import InMemoryResultCache, ResultCache
-from app.errors import install_error_handlers
+from app.errors import error_responses, install_error_handlers
 from app.intake import Intake
 from app.jobs import routes as jobs_routes
 from app.jobs.runner import JobRunner
@@ -30,7 +30,7 @@ from app.observe import routes as observe_routes
 from app.observe.metrics import ServiceMetrics
 from app.observe.middleware import RequestObserver
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
-from app.routes import health, page, try_on
+from app.routes import docs, health, page, try_on
 from app.settings import Settings
 from app.worker import InferenceWorker, load_models
 
@@ -84,6 +84,9 @@ def create_app(
         "wearing the garment. Weights are CC BY-NC-SA 4.0 (non-commercial).",
         version="0.1.0",
         lifespan=lifespan,
+        responses=error_responses(500),  # every route: an unexpected error gets the envelope
+        docs_url=None,  # served by app.routes.docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.worker = worker
@@ -123,6 +126,7 @@ def create_app(
     app.include_router(jobs_routes.router)
     app.include_router(health.router)
     app.include_router(observe_routes.router)
+    docs.install_docs(app)
     app.include_router(page.router)
     app.mount(page.STATIC_PATH, page.static_files(), name="static")
     return app

@@ -12,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from catvton.errors import InvalidInputError
-from catvton.masking import CLOTH_TYPES, parse_cloth_type
+from catvton.masking import CLOTH_TYPE_NAMES, CLOTH_TYPES, parse_cloth_type
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+# What the form accepts for output_format (in any case): "jpg" is read as "jpeg".
+OUTPUT_FORMAT_NAMES = ("png", "jpeg", "jpg", "webp")
 HealthStatus = Literal["ok", "loading", "error", "draining"]
 
 
@@ -23,16 +25,23 @@ class TryOnOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
+    # The schema lists every accepted name, so a client generated from /openapi.json gets the
+    # real set (a free string let it send "hat"); the server also takes them in any case.
     cloth_type: str = Field(
         "upper",
         description=f"one of {', '.join(CLOTH_TYPES)}; also upper_body/tops, lower_body/bottoms, "
         "dresses/one-pieces (case-insensitive)",
+        json_schema_extra={"enum": list(CLOTH_TYPE_NAMES)},
     )
     num_inference_steps: int = Field(50, ge=10, le=100, description="denoising steps")
     guidance_scale: float = Field(2.5, ge=0.0, le=7.5, description="classifier-free guidance")
     seed: int = Field(42, ge=-1, le=2**32 - 1, description="-1 picks a random seed")
     repaint: bool = Field(False, description="blend the original photo back outside the mask")
-    output_format: OutputFormat = Field("png", description="png, jpeg (or jpg) or webp")
+    output_format: OutputFormat = Field(
+        "png",
+        description="png, jpeg (or jpg) or webp (case-insensitive)",
+        json_schema_extra={"enum": list(OUTPUT_FORMAT_NAMES)},
+    )
     return_mask: bool = Field(
         False, description="also answer maskBase64: the PNG mask the model used (white = repainted)"
     )
@@ -121,7 +130,10 @@ class HealthResponse(BaseModel):
     demo: bool = Field(description="true: tiny random weights, images are noise")
     device: str | None
     dtype: str | None
-    size: tuple[int, int] | None = Field(description="working size (width, height)")
+    size: tuple[int, int] | None = Field(
+        description="size of the result images (width, height): the working size; in demo mode "
+        "the production size the tiny model's results are upscaled to"
+    )
     queue_depth: int = Field(description="requests waiting, not counting the one running")
     receiving: int = Field(
         description="requests still uploading or decoding; they count toward queue_capacity"

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         "unset: 768x1024 (384x512 for the *-16k-512 weights)",
     )
     masker_device: str | None = Field(None, description="AutoMasker device; unset: as --device")
+    masker_dtype: Literal["fp16", "bf16", "fp32"] = Field(
+        "fp32",
+        description="AutoMasker precision; fp32 on every device as the reference runs it (a "
+        "flipped label moves the mask); fp16 if you measured it as equal on your GPU",
+    )
     queue_size: int = Field(4, ge=0, description="requests that may wait while one inference runs")
     queue_timeout: float = Field(
         300.0, gt=0, description="seconds a request may wait in the queue before it gets 503"

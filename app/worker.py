@@ -52,6 +52,7 @@ from app.work import (
 )
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.errors import CatVTONError, InferenceCanceledError
+from catvton.loading import default_size
 from catvton.masking import AutoMasker, load_automasker
 from catvton.tiny import TINY_SIZE, write_tiny_weights
 
@@ -68,6 +69,14 @@ InferenceListener = Callable[[str, Mapping[str, float]], None]
 class Models:
     pipeline: CatVTONPipeline
     masker: AutoMasker
+    # Demo mode: the production size the tiny model's results are upscaled to, so that an app
+    # developer sees real image dimensions, byte sizes and aspect ratio. None: the pipeline's size.
+    answer_size: tuple[int, int] | None = None
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(W, H) of every result image."""
+        return self.answer_size or self.pipeline.size
 
 
 def load_models(settings: Settings, progress: ProgressCallback) -> Models:
@@ -76,13 +85,20 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     Raises WeightsNotFoundError / CheckpointMismatchError (and whatever torch raises) unchanged:
     the worker turns them into the reason /health reports.
     """
-    weights_dir, size = settings.weights_dir, settings.working_size
+    weights_dir, size, answer_size = settings.weights_dir, settings.working_size, None
     if settings.demo:
         progress(f"writing tiny demo weights to {settings.demo_dir}")
         logger.warning("DEMO MODE: tiny random weights in %s; results are noise", settings.demo_dir)
         weights_dir = write_tiny_weights(Path(settings.demo_dir))
-        # The tiny networks' attention is full-resolution: 768x1024 would take minutes on a CPU.
-        size = size or TINY_SIZE
+        if size is None:
+            # The tiny networks' attention is full-resolution: 768x1024 would take minutes on a
+            # CPU. They run at 96x128 and the result is upscaled to the production size.
+            size, answer_size = TINY_SIZE, default_size(settings.attention_version)
+            logger.warning(
+                "DEMO MODE: the tiny model runs at %dx%d; answers are upscaled to %dx%d",
+                *size,
+                *answer_size,
+            )
     progress("resolving weights")
     sources = WeightSources(
         weights_dir=weights_dir,
@@ -95,8 +111,12 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     progress("loading the diffusion pipeline")
     pipeline = load_pipeline(resolved, device=settings.device, dtype=settings.dtype, size=size)
     progress("loading the AutoMasker")
-    masker = load_automasker(resolved.catvton_dir, device=settings.masker_device or pipeline.device)
-    models = Models(pipeline=pipeline, masker=masker)
+    masker = load_automasker(
+        resolved.catvton_dir,
+        device=settings.masker_device or pipeline.device,
+        dtype=settings.masker_dtype,
+    )
+    models = Models(pipeline=pipeline, masker=masker, answer_size=answer_size)
     if settings.warm_up == "on" or (settings.warm_up == "auto" and pipeline.device.type == "cuda"):
         progress("warming up")
         started = time.perf_counter()
@@ -517,10 +537,13 @@ class InferenceWorker:
         )
         denoise_s = result.timings.get("denoise", 0.0)
         self._step_times.observe_overhead(time.perf_counter() - started - denoise_s)
+        image = result.image
+        if image.size != self.models.output_size:  # demo mode: a cheap upscale, a few ms
+            image = image.resize(self.models.output_size, Image.Resampling.BICUBIC)
         # Prefixed: the pipeline's stage names (preprocess, encode, ...) recur in the route's.
         timings.update({f"pipeline_{stage}": seconds for stage, seconds in result.timings.items()})
         logger.info("inference done: seed %d, %d steps", result.seed, options.num_inference_steps)
-        return TryOnOutcome(image=result.image, seed=result.seed, mask=result.mask, timings=timings)
+        return TryOnOutcome(image=image, seed=result.seed, mask=result.mask, timings=timings)
 
     def _eta_of(self, ticket: QueuedWork) -> float | None:
         return self._step_times.remaining(ticket.steps_left, ticket.guided)

@@ -15,9 +15,16 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from catvton.devices import DTYPES, choose_device
 from catvton.errors import CatVTONError, InvalidInputError
-from catvton.loading import DTYPES, choose_device, default_size, load_pipeline
-from catvton.masking import CLOTH_TYPES, load_automasker, parse_cloth_type, save_debug_maps
+from catvton.loading import default_size, load_pipeline
+from catvton.masking import (
+    CLOTH_TYPES,
+    AutoMasker,
+    load_automasker,
+    parse_cloth_type,
+    save_debug_maps,
+)
 from catvton.pipeline import parse_size
 from catvton.preprocess import fit_person
 from catvton.tiny import write_tiny_weights
@@ -25,6 +32,7 @@ from catvton.weights import (
     ATTENTION_VERSIONS,
     DEFAULT_ATTENTION_VERSION,
     DEFAULT_BASE_MODEL,
+    WEIGHTS_DIR_FLAG,
     WeightSources,
     download_weights,
 )
@@ -100,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_weight_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", type=Path, help="weights folder (python -m catvton download)")
+    parser.add_argument(
+        WEIGHTS_DIR_FLAG,
+        "--weights",  # the CLI's first spelling, kept
+        dest="weights_dir",
+        type=Path,
+        help="weights folder (python -m catvton download); the server's flag has the same name",
+    )
     parser.add_argument("--base-model", help="SD-1.5 inpainting: hub id or folder")
     parser.add_argument("--vae", help="sd-vae-ft-mse: hub id or folder")
     parser.add_argument("--catvton", help="CatVTON: hub id or folder")
@@ -111,6 +125,11 @@ def add_weight_arguments(parser: argparse.ArgumentParser) -> None:
         "--size", type=size_argument, help="working size WxH (default 768x1024; 384x512 for *-512)"
     )
     parser.add_argument("--masker-device", help="device of the AutoMasker (default: --device)")
+    parser.add_argument(
+        "--masker-dtype",
+        choices=list(DTYPES),
+        help="precision of the AutoMasker (default fp32 on every device, as the reference)",
+    )
 
 
 def size_argument(text: str) -> tuple[int, int]:
@@ -156,9 +175,13 @@ def run_tryon(args: argparse.Namespace) -> None:
         cloth_type = parse_cloth_type(args.cloth_type)
         person = fit_person(person, pipeline.size)
         start = time.perf_counter()
-        masker = load_automasker(resolved.catvton_dir, device=args.masker_device or pipeline.device)
+        masker = load_automasker(
+            resolved.catvton_dir,
+            device=args.masker_device or pipeline.device,
+            dtype=args.masker_dtype,
+        )
         mask = masker(person, cloth_type).mask
-        print(f"mask        {time.perf_counter() - start:7.3f} s  (load and run the AutoMasker)")
+        print(f"mask        {time.perf_counter() - start:7.3f} s  {describe_masker(masker)}")
 
     # 3. Try on with a progress bar (stderr), and say where time went.
     with tqdm(total=args.steps, desc="denoise", unit="step", file=sys.stderr) as bar:
@@ -185,9 +208,11 @@ def run_mask(args: argparse.Namespace) -> None:
     size = args.size or default_size(resolved.attention_version)
     person = fit_person(read_image(args.person, "--person"), size)
     start = time.perf_counter()
-    masker = load_automasker(resolved.catvton_dir, device=choose_device(args.masker_device))
+    masker = load_automasker(
+        resolved.catvton_dir, device=choose_device(args.masker_device), dtype=args.masker_dtype
+    )
     result = masker(person, cloth_type)
-    print(f"mask        {time.perf_counter() - start:7.3f} s  (load and run the AutoMasker)")
+    print(f"mask        {time.perf_counter() - start:7.3f} s  {describe_masker(masker)}")
     result.mask.save(args.out)
     print(f"wrote {args.out}")
     if args.debug_dir is not None:
@@ -195,9 +220,13 @@ def run_mask(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
 
 
+def describe_masker(masker: AutoMasker) -> str:
+    return f"(load and run the AutoMasker; {masker.device}, {masker.dtype})"
+
+
 def weight_sources(args: argparse.Namespace) -> WeightSources:
     return WeightSources(
-        weights_dir=args.weights,
+        weights_dir=args.weights_dir,
         base_model=args.base_model,
         vae=args.vae,
         catvton=args.catvton,

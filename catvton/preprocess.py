@@ -2,7 +2,9 @@
 
 Sizes are ``(W, H)`` in pixels, like PIL. The person is centre-cropped to the W:H aspect ratio and
 resized (so the result lives in the cropped frame); the garment is letterboxed on white (so nothing
-of it is cut off); a user mask gets the person's crop. All fitting uses LANCZOS.
+of it is cut off); a user mask gets the person's crop. All fitting uses LANCZOS, and every size and
+offset uses the reference's integer arithmetic (floor division), so identical weights give the
+reference's images.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 # aspect ratio may differ by this fraction at most (rounding of a resized mask), else the person's
 # crop would cut it elsewhere.
 MASK_ASPECT_TOLERANCE = 0.01
+# `fit_mask` marks its output with the size it was fitted to: an already fitted mask (grey edges
+# from the resize) is then passed through, not binarised a second time.
+FITTED_MASK_INFO = "catvton_fitted_size"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -76,6 +81,24 @@ def fit_person(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.crop(person_crop_box(image.size, size)).resize(size, Image.Resampling.LANCZOS)
 
 
+def cloth_paste_box(
+    image_size: tuple[int, int], size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Where a garment of ``image_size`` lands on the W x H canvas: ``(left, top, right, bottom)``.
+
+    The reference's integer arithmetic: a narrower-than-W:H garment gets height H and width
+    ``w*H//h``, a wider one width W and height ``h*W//w`` (floor, not rounding: rounding makes some
+    garments one row taller, and the try-on image differs); the box is centred with floor division.
+    """
+    (w, h), (target_w, target_h) = image_size, size
+    if w * target_h < h * target_w:
+        new_w, new_h = max(w * target_h // h, 1), target_h
+    else:
+        new_w, new_h = target_w, max(h * target_w // w, 1)
+    left, top = (target_w - new_w) // 2, (target_h - new_h) // 2
+    return left, top, left + new_w, top + new_h
+
+
 def fit_cloth(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """RGB garment image at ``size``: fitted inside it (LANCZOS) and centred on white.
 
@@ -84,7 +107,10 @@ def fit_cloth(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     image = to_rgb(image)
     if image.size == tuple(size):
         return image
-    return ImageOps.pad(image, size, method=Image.Resampling.LANCZOS, color=WHITE)
+    left, top, right, bottom = cloth_paste_box(image.size, size)
+    canvas = Image.new("RGB", tuple(size), WHITE)
+    canvas.paste(image.resize((right - left, bottom - top), Image.Resampling.LANCZOS), (left, top))
+    return canvas
 
 
 def check_mask_shape(
@@ -114,19 +140,24 @@ def _same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 
 def fit_mask(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Binary ``L`` mask (0 or 255, white = repaint) at ``size``, cropped like the person.
+    """``L`` mask at ``size`` (white = repaint), cropped like the person, ready for `smooth_mask`.
 
-    Any pixel above 0 counts as masked. Returns ``image`` unchanged when it is already a binary
-    ``L`` mask at ``size``.
+    As the reference does: any pixel above 0 counts as masked, then the binary mask gets the
+    person's crop and LANCZOS resize, and goes to the blur as resized (grey edges, no second
+    binarisation). A mask already at ``size`` comes out binary. The result is marked as fitted, so
+    fitting it again (the service fits in its intake, the pipeline once more) returns it unchanged.
     """
     image = _upright(image)
+    if image.info.get(FITTED_MASK_INFO) == tuple(size):
+        return image
     if image.size == tuple(size) and image.mode == "L" and _is_binary(image):
         return image
     mask = image.convert("L").point(lambda v: 255 if v > 0 else 0)
     if mask.size != tuple(size):
         box = person_crop_box(mask.size, size)
         mask = mask.crop(box).resize(size, Image.Resampling.LANCZOS)
-    return _binarise(mask)
+    mask.info[FITTED_MASK_INFO] = tuple(size)
+    return mask
 
 
 def smooth_mask(mask: Image.Image) -> Image.Image:

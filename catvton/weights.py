@@ -53,6 +53,15 @@ UNET_WEIGHTS = (
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
+# The flag that points at a weights folder: spelled the same by `python -m app` and by the CLI's
+# tryon and mask commands, so one message fits whichever command the user ran.
+WEIGHTS_DIR_FLAG = "--weights-dir"
+# The flag that names one component's folder or hub id (the same in the server and the CLI).
+COMPONENT_FLAGS = {
+    BASE_MODEL_FOLDER: "--base-model",
+    VAE_FOLDER: "--vae",
+    CATVTON_FOLDER: "--catvton",
+}
 DOWNLOAD_FIX = (
     f"Fetch the weights with: {DOWNLOAD_COMMAND} (or write test weights with "
     "python -m catvton make-tiny-weights DIR)."
@@ -136,8 +145,8 @@ class WeightSources:
         if Path(given).is_dir():
             return _Component(
                 local_dir=Path(given),
-                fix=f"Copy {folder}'s files there, or run "
-                f"{DOWNLOAD_COMMAND} and point at DIR/{folder}.",
+                fix=f"Copy {folder}'s files there, or run {DOWNLOAD_COMMAND} and pass "
+                f"{COMPONENT_FLAGS[folder]} DIR/{folder}.",
             )
         if isinstance(given, Path) or not _is_repo_id(str(given)):
             raise WeightsNotFoundError(
@@ -168,7 +177,7 @@ class _Component:
                 f"{self.repo_id}/{name}",
                 fix=f"Not in the hub cache and the hub cannot be reached "
                 f"({error.__class__.__name__}); unset HF_HUB_OFFLINE to fetch it, or run "
-                f"{DOWNLOAD_COMMAND} and pass --weights DIR.",
+                f"{DOWNLOAD_COMMAND} and pass {WEIGHTS_DIR_FLAG} DIR.",
             ) from error
         except (EntryNotFoundError, HfHubHTTPError) as error:
             raise WeightsNotFoundError(

@@ -45,7 +45,8 @@ from catvton.configs import (
     SD_VAE_FT_MSE_CONFIG,
     model_kwargs,
 )
-from catvton.loading import DTYPES, assemble_pipeline, prepare_device
+from catvton.devices import DTYPES
+from catvton.loading import assemble_pipeline, prepare_device
 from catvton.tiny import TINY_SIZE, random_like, random_model, write_tiny_weights
 
 STAGES = ("preprocess", "encode", "prepare", "denoise", "decode", "postprocess")

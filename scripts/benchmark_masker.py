@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 # Runs from anywhere without installing: the repository root holds the catvton package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from catvton.devices import DTYPES
 from catvton.masking import load_automasker
 from catvton.masking.automasker import (
     ATR_INPUT_SIZE,
@@ -43,8 +44,6 @@ from catvton.masking.tiny import (
     save_detectron2_pkl,
     save_schp_checkpoint,
 )
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def write_real_size_weights(catvton_dir: Path) -> None:
@@ -86,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on CUDA"
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on every device"
     )
     parser.add_argument("--size", default="768x1024", help="person image size WxH")
     parser.add_argument("--repeats", type=int, default=3)
@@ -101,7 +100,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        masker = load_automasker(folder, device=device, dtype=DTYPES.get(args.dtype))
+        masker = load_automasker(folder, device=device, dtype=args.dtype)
         print(f"load: {time.perf_counter() - start:.1f} s")
 
     person = synthetic_person(width, height)

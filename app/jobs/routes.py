@@ -25,13 +25,13 @@ from app.errors import (
     JobFailedError,
     JobNotFinishedError,
     JobNotFoundError,
+    error_responses,
 )
 from app.jobs.documents import JOBS_PATH, JobDocument, render_json
 from app.jobs.events import event_stream
 from app.jobs.records import JOB_ID_PATTERN, JobRecord
 from app.jobs.store import JobStore
-from app.routes.try_on import ERROR_RESPONSES, TRY_ON_REQUEST_BODY
-from app.schemas import ErrorResponse
+from app.routes.try_on import TRY_ON_REQUEST_BODY
 from app.stages import StageTimer, prepare_images, receive_try_on, success_body
 from app.work import TryOnJob
 
@@ -42,19 +42,11 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_BYTES = 255
 
 
-def _job_errors(*statuses: int) -> dict[int | str, dict]:
-    descriptions = {
-        404: "job_not_found: no such job (or a malformed id)",
-        409: "job_not_finished (Retry-After), or canceled",
-        410: "job_expired: the job and its result were forgotten (answered for 24 h)",
-    }
-    return {
-        status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses
-    }
-
-
-def valid_job_id(job_id: Annotated[str, Path(description="the jobId of the submit answer")]) -> str:
-    """A malformed id can name no job: 404 without a lookup (never a 422 or 500)."""
+async def valid_job_id(
+    job_id: Annotated[str, Path(description="the jobId of the submit answer")],
+) -> str:
+    """A malformed id can name no job: 404 without a lookup (never a 422 or 500). A coroutine:
+    a plain dependency would run in the thread pool, which uploads may have taken."""
     if not JOB_ID_PATTERN.match(job_id):
         raise JobNotFoundError()
     return job_id
@@ -91,7 +83,10 @@ def document_response(
     "",
     status_code=202,
     response_model=JobDocument,
-    responses={**ERROR_RESPONSES, 200: {"description": "Idempotency-Key replay: the same job"}},
+    responses={
+        **error_responses(401, 408, 413, 415, 422, 429, 503),
+        200: {"description": "Idempotency-Key replay: the same job"},
+    },
     openapi_extra=TRY_ON_REQUEST_BODY,
     summary="Submit a try-on job (the same fields as POST /api/try-on)",
 )
@@ -158,7 +153,7 @@ def replay(existing: JobRecord, fingerprint: str | None) -> Response:
 @router.get(
     "/{job_id}",
     response_model=JobDocument,
-    responses=_job_errors(404, 410),
+    responses=error_responses(401, 404, 410),
     summary="The job document (poll every second; Retry-After while not final)",
 )
 async def get_job(job_id: JobId, jobs: JobsDep) -> Response:
@@ -168,7 +163,7 @@ async def get_job(job_id: JobId, jobs: JobsDep) -> Response:
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **_job_errors(404, 410)},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404, 410)},
     summary="Server-sent events: the document, then one `job` event per change",
 )
 async def job_events(job_id: JobId, request: Request, jobs: JobsDep) -> EventSourceResponse:
@@ -195,8 +190,7 @@ async def finished_result(store: JobStore, job_id: str) -> tuple[JobRecord, Enco
     "/{job_id}/result",
     responses={
         200: {"content": {"image/png": {}, "application/json": {}}},
-        **_job_errors(404, 409, 410),
-        503: ERROR_RESPONSES[503],
+        **error_responses(401, 404, 409, 410, 422, 500, 503),  # a failed job's own status
     },
     summary="The image (or with Accept: application/json, the body POST /api/try-on returns)",
 )
@@ -218,7 +212,7 @@ async def get_result(job_id: JobId, request: Request, jobs: JobsDep) -> Response
 
 @router.get(
     "/{job_id}/mask",
-    responses={200: {"content": {"image/png": {}}}, **_job_errors(404, 409, 410)},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(401, 404, 409, 410)},
     summary="PNG of the mask the model used (white = repainted), working size",
 )
 async def get_mask(job_id: JobId, jobs: JobsDep) -> Response:
@@ -229,7 +223,10 @@ async def get_mask(job_id: JobId, jobs: JobsDep) -> Response:
 @router.post(
     "/{job_id}/cancel",
     response_model=JobDocument,
-    responses={202: {"description": "running: it stops at its next step"}, **_job_errors(404, 410)},
+    responses={
+        202: {"description": "running: it stops at its next step"},
+        **error_responses(401, 404, 410),
+    },
     summary="Cancel: queued or final 200, running 202 (cancelRequested)",
 )
 async def cancel_job(job_id: JobId, jobs: JobsDep) -> Response:
@@ -240,7 +237,7 @@ async def cancel_job(job_id: JobId, jobs: JobsDep) -> Response:
 @router.delete(
     "/{job_id}",
     status_code=204,
-    responses=_job_errors(404, 410),
+    responses=error_responses(401, 404, 410),
     summary="Cancel if needed, then forget the job and its result",
 )
 async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:

@@ -17,6 +17,7 @@ from app.worker import InferenceWorker
 router = APIRouter(tags=["health"])
 
 DEMO_NOTE = "DEMO MODE: tiny random weights, results are noise (for integration only)"
+UPSCALE_NOTE = "; the tiny model runs at {0}x{1} and its results are upscaled to {2}x{3}"
 
 
 def read_gpu_memory(worker: InferenceWorker) -> GpuMemory | None:
@@ -37,14 +38,24 @@ def describe(worker: InferenceWorker, demo: bool) -> str:
         return ShuttingDownError().message
     if (reason := worker.unavailable()) is not None:
         return reason.message
-    return DEMO_NOTE if demo else "Ready"
+    if not demo:
+        return "Ready"
+    assert worker.models is not None
+    pipeline_size, output_size = worker.models.pipeline.size, worker.models.output_size
+    if pipeline_size == output_size:
+        return DEMO_NOTE
+    return DEMO_NOTE + UPSCALE_NOTE.format(*pipeline_size, *output_size)
 
 
-@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+HEALTH_503 = {"model": HealthResponse, "description": "loading, failed or draining: the same body"}
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: HEALTH_503})
 async def health(worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
     """200 with status "ok" when a try-on can be served; 503 with "loading", "error" or
     "draining" (shutting down: a load balancer stops sending here) otherwise."""
-    pipeline = worker.models.pipeline if worker.models else None
+    models = worker.models
+    pipeline = models.pipeline if models else None
     state = "draining" if worker.draining else worker.state
     body = HealthResponse(
         status=state,
@@ -54,7 +65,7 @@ async def health(worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
         demo=settings.demo,
         device=str(pipeline.device) if pipeline else settings.device,
         dtype=str(pipeline.dtype).removeprefix("torch.") if pipeline else settings.dtype,
-        size=tuple(pipeline.size) if pipeline else settings.working_size,
+        size=models.output_size if models else settings.working_size,
         queue_depth=worker.queue_depth,
         receiving=worker.receiving,
         queue_capacity=worker.queue_size,

@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import CacheDep, IntakeDep, WorkerDep
 from app.encoding import EncodedResult
-from app.schemas import ErrorResponse, TryOnOptions, TryOnResponse
+from app.errors import error_responses
+from app.schemas import TryOnOptions, TryOnResponse
 from app.stages import (
     StageTimer,
     encode_outcome,
@@ -43,16 +44,6 @@ TRY_ON_REQUEST_BODY = {
         },
     }
 }
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        413: "an upload over the byte cap or the pixel cap",
-        415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
-        422: "a missing field or a value out of range",
-        500: "an unexpected error (details in the server log)",
-        503: "models loading or failed to load, GPU busy (Retry-After), GPU out of memory",
-    }.items()
-}
 
 
 async def wait_for_disconnect(request: Request) -> None:
@@ -64,7 +55,7 @@ async def wait_for_disconnect(request: Request) -> None:
 @router.post(
     "/api/try-on",
     response_model=TryOnResponse,
-    responses=ERROR_RESPONSES,
+    responses=error_responses(401, 408, 413, 415, 422, 429, 503),
     openapi_extra=TRY_ON_REQUEST_BODY,
     summary="Dress the person in the garment",
 )

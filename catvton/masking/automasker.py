@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from catvton.devices import choose_dtype
 from catvton.errors import DOWNLOAD_COMMAND, InvalidInputError, WeightsNotFoundError
 from catvton.masking.checkpoints import (
     StateDict,
@@ -66,6 +67,10 @@ class AutoMasker:
     def device(self) -> torch.device:
         return next(self.densepose.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.densepose.parameters()).dtype
+
     def __call__(self, person_image: Image.Image, cloth_type: str) -> MaskResult:
         """Mask `person_image` (already cropped to the working size) for `cloth_type`.
 
@@ -82,6 +87,8 @@ class AutoMasker:
                 f"person_image must not be empty; got {person_image.width}x{person_image.height}"
             )
         person_image = person_image.convert("RGB")
+        # SCHP gets BGR, as it was trained: a deliberate deviation from the reference, which feeds
+        # it RGB when handed a PIL image (see `parse_human`).
         person_bgr = np.ascontiguousarray(np.asarray(person_image)[:, :, ::-1])  # (H, W, 3)
 
         # 1. Body parts of the top-scoring person.
@@ -96,9 +103,12 @@ class AutoMasker:
         )
 
 
-def _default_dtype(device: torch.device) -> torch.dtype:
-    # fp16 keeps the three networks' GPU memory well under 1 GiB; CPUs compute fp32 best.
-    return torch.float16 if device.type == "cuda" else torch.float32
+def choose_masker_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The given dtype (``"fp32"``, ``"fp16"``, ``"bf16"`` or a torch dtype), else fp32 on every
+    device, CUDA included, as the reference runs the masker: a flipped label moves the mask, and
+    the three networks cost little next to the denoising steps. fp16 is for those who measure it
+    as equal on their GPU."""
+    return torch.float32 if dtype is None else choose_dtype(dtype, device)
 
 
 def _detectron2_derived(state_dict: StateDict) -> list[str]:
@@ -130,14 +140,14 @@ def load_schp(path: Path) -> AugmentCE2P:
 def load_automasker(
     catvton_dir: str | Path,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> AutoMasker:
     """Load the three published masker checkpoints from the CatVTON folder onto `device`.
 
     `catvton_dir` holds `SCHP/` and `DensePose/` as in the hub repo `zhengchong/CatVTON`.
-    `dtype` defaults to fp16 on CUDA and fp32 elsewhere. Raises `WeightsNotFoundError` naming the
-    first missing file and `CheckpointMismatchError` naming any missing, unexpected or mis-shaped
-    tensor.
+    `dtype` defaults to fp32 on every device (see `choose_masker_dtype`). Raises
+    `WeightsNotFoundError` naming the first missing file and `CheckpointMismatchError` naming any
+    missing, unexpected or mis-shaped tensor.
     """
     catvton_dir = Path(catvton_dir)
     for relative in MASKER_FILES:
@@ -148,7 +158,7 @@ def load_automasker(
                 "DensePose/ as in the hub repo zhengchong/CatVTON.",
             )
     device = torch.device(device)
-    dtype = dtype or _default_dtype(device)
+    dtype = choose_masker_dtype(dtype, device)
     densepose = load_densepose(catvton_dir / DENSEPOSE_FILE).to(device=device, dtype=dtype)
     # channels_last ran the detector about 20% faster on a 2-core CPU (interleaved A/B at
     # 768 x 1024); for SCHP the same A/B showed no clear gain, so it keeps the default layout.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -154,16 +155,19 @@ def _roi_align(
     return pooled.to(feature.dtype)
 
 
-def _resize_for_detector(image: Image.Image) -> Image.Image:
-    """CatVTON's cap at 1024 px on the longer side (the reference's `resize=1024`).
+def resize_for_detector(image: Image.Image) -> Image.Image:
+    """CatVTON's cap at 1024 px on the longer side (the reference's `resize=1024`), done as the
+    reference does it: OpenCV's bilinear without antialiasing, each side `int(side * scale)`
+    (truncated, not rounded). Pillow's antialiasing bilinear and rounding agreed on only 99.3% of
+    the labels.
 
     The shorter side keeps at least 1 px, so a very thin strip still reaches the detector.
     """
     if max(image.size) <= MAX_INPUT_SIDE:
         return image
     scale = MAX_INPUT_SIDE / max(image.size)
-    size = (max(round(image.width * scale), 1), max(round(image.height * scale), 1))
-    return image.resize(size, Image.Resampling.BILINEAR)
+    size = (max(int(image.width * scale), 1), max(int(image.height * scale), 1))
+    return Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_LINEAR))
 
 
 @torch.inference_mode()
@@ -176,7 +180,7 @@ def detect_densepose(network: DensePoseRCNN, image: Image.Image) -> np.ndarray:
     device, dtype = parameter.device, parameter.dtype
 
     # 1. Cap the size, then the detector's own resize (PIL bilinear, as detectron2 does).
-    capped = _resize_for_detector(image if image.mode == "RGB" else image.convert("RGB"))
+    capped = resize_for_detector(image if image.mode == "RGB" else image.convert("RGB"))
     height, width = shortest_edge_size(capped.height, capped.width)
     resized = np.asarray(capped.resize((width, height), Image.Resampling.BILINEAR))
 

@@ -23,6 +23,8 @@ _CLOTH_TYPE_ALIASES = {
     "dresses": "overall",
     "one-pieces": "overall",
 }
+# Every name `parse_cloth_type` accepts (in any case): the canonical types, then the aliases.
+CLOTH_TYPE_NAMES = (*CLOTH_TYPES, *_CLOTH_TYPE_ALIASES)
 
 DENSEPOSE_PARTS = {
     "torso": (1, 2),
@@ -102,7 +104,7 @@ def parse_cloth_type(name: str) -> str:
     key = str(name).strip().lower()
     key = _CLOTH_TYPE_ALIASES.get(key, key)
     if key not in CLOTH_TYPES:
-        allowed = ", ".join([*CLOTH_TYPES, *_CLOTH_TYPE_ALIASES])
+        allowed = ", ".join(CLOTH_TYPE_NAMES)
         raise InvalidInputError(f"cloth_type must be one of {allowed}; got {name!r}")
     return key
 

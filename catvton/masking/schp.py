@@ -39,6 +39,10 @@ class FrozenABN(FrozenBatchNorm2d):
     InPlaceABN's kernels (SCHP's `modules/src`) always scale by |weight| + eps so that the
     normalisation can be inverted in place during training; the stored weight may therefore be
     negative, and a plain batch norm would flip the sign of such a channel.
+
+    A deliberate deviation from CatVTON's reference, which loads these weights into a plain
+    BatchNorm2d (it differs only for channels whose stored weight is negative): we normalise as
+    the network was trained.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,6 +278,9 @@ def _square_warp(width: int, height: int, input_size: int) -> np.ndarray:
 @torch.inference_mode()
 def parse_human(network: AugmentCE2P, image_bgr: np.ndarray, input_size: int) -> np.ndarray:
     """Label every pixel of an (H, W, 3) uint8 BGR image; returns an (H, W) uint8 label map.
+
+    BGR is a deliberate deviation from CatVTON's reference, which feeds RGB when handed a PIL
+    image: the network was trained on BGR (OpenCV-read) images with BGR statistics.
 
     1. warp the image onto the square input (bilinear, black border); 2. normalise; 3. fusion
     logits; 4. upsample to the square (bilinear, align_corners=True); 5. warp the logits back to

@@ -114,6 +114,18 @@ def test_mask_command_writes_a_binary_mask(tiny_weights, image_files, tmp_path) 
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
 
+@pytest.mark.parametrize(
+    ("option", "dtype"), [([], "torch.float32"), (["--masker-dtype", "bf16"], "torch.bfloat16")]
+)
+def test_the_masker_runs_in_fp32_unless_masker_dtype_says(
+    tiny_weights, image_files, tmp_path, capsys, option, dtype
+) -> None:
+    args = ["mask", "--weights", str(tiny_weights), "--person", str(image_files["person"])]
+    args += ["--cloth-type", "upper", "--size", "96x128", "--out", str(tmp_path / "m.png")]
+    assert main([*args, *option]) == 0
+    assert f"(load and run the AutoMasker; cpu, {dtype})" in capsys.readouterr().out
+
+
 def test_mask_debug_dir_gets_every_label_map(tiny_weights, image_files, tmp_path) -> None:
     args = ["mask", "--weights", tiny_weights, "--person", image_files["person"]]
     args += ["--cloth-type", "upper", "--size", "96x128", "--out", tmp_path / "mask.png"]

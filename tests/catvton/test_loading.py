@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from catvton import CheckpointMismatchError, InvalidInputError, WeightSources, load_pipeline
 from catvton.attention import attention_key_scheme
-from catvton.loading import choose_device, choose_dtype, default_size
+from catvton.devices import choose_device, choose_dtype
+from catvton.loading import default_size
 
 
 def test_device_and_dtype_choice() -> None:

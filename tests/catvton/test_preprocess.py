@@ -55,6 +55,31 @@ def test_fit_cloth_letterboxes_on_white() -> None:
     assert (fitted[50:78] == 0).all()  # the garment, 96 x 48, centred
 
 
+# Hand-computed with the reference's rule (floor division): a wide garment gets width W and height
+# h*W//w, a narrow one height H and width w*H//h, centred at ((W-new_w)//2, (H-new_h)//2).
+@pytest.mark.parametrize(
+    ("garment_size", "size", "box"),
+    [
+        # 180*192/260 = 132.9: 132 rows (rounding gave 133), top (256-132)//2 = 62
+        ((260, 180), (192, 256), (0, 62, 192, 194)),
+        # 110*256/300 = 93.9: 93 columns (rounding gave 94), left (192-93)//2 = 49
+        ((110, 300), (192, 256), (49, 0, 142, 256)),
+        # 700*768/1000 = 537.6: 537 rows, top (1024-537)//2 = 243
+        ((1000, 700), (768, 1024), (0, 243, 768, 780)),
+        # exactly 3:4: the whole canvas
+        ((300, 400), (192, 256), (0, 0, 192, 256)),
+        # 100*96/200 = 48 rows, top (128-48)//2 = 40
+        ((200, 100), (96, 128), (0, 40, 96, 88)),
+    ],
+)
+def test_fit_cloth_floors_the_fitted_size_as_the_reference(garment_size, size, box) -> None:
+    fitted = np.asarray(fit_cloth(Image.new("RGB", garment_size, (0, 0, 0)), size))
+    rows, columns = np.nonzero(fitted.min(axis=2) < 255)  # the garment: everything not white
+    assert (columns.min(), rows.min(), columns.max() + 1, rows.max() + 1) == box
+    left, top, right, bottom = box
+    assert (fitted[top:bottom, left:right] == 0).all()
+
+
 def test_fit_functions_return_fitted_images_unchanged() -> None:
     person = fit_person(Image.new("RGB", (50, 50)), SIZE)
     cloth = fit_cloth(Image.new("RGB", (50, 50)), SIZE)
@@ -68,8 +93,30 @@ def test_fit_mask_counts_any_nonzero_pixel_and_crops_like_the_person() -> None:
     mask = Image.new("L", (300, 600), 0)
     mask.paste(1, (0, 300, 300, 500))  # faint but non-zero: the lower half of the crop
     fitted = np.asarray(fit_mask(mask, SIZE))
-    assert set(np.unique(fitted)) == {0, 255}
     assert (fitted[:60] == 0).all() and (fitted[68:] == 255).all()
+
+
+def third_covered_stripes() -> Image.Image:
+    """A 192 x 256 mask, white in columns 1 and 2 of every 6: a third of it is masked."""
+    columns = np.arange(192)
+    stripes = np.zeros((256, 192), dtype=np.uint8)
+    stripes[:, (columns % 6 == 1) | (columns % 6 == 2)] = 255
+    return Image.fromarray(stripes)
+
+
+def test_a_resized_mask_is_blurred_as_resized_not_binarised_again() -> None:
+    """Halved to 96 x 128, each white pair straddles two pixels: two half-grey pixels of every
+    three. Blurred as resized (the reference), a third of the area is masked: below 0.5 everywhere,
+    nothing is repainted. Binarised first, the half-grey pixels count fully (2 of 3): everything."""
+    smoothed = np.asarray(smooth_mask(fit_mask(third_covered_stripes(), SIZE)))
+    assert (smoothed[20:-20, 20:-20] == 0).all()
+
+
+def test_fitting_a_fitted_mask_again_changes_nothing() -> None:
+    """The service fits in its intake, then the pipeline fits once more: the grey edges stay."""
+    fitted = fit_mask(third_covered_stripes(), SIZE)
+    assert len(np.unique(np.asarray(fitted))) > 2  # grey edges from the LANCZOS resize
+    assert fit_mask(fitted, SIZE) is fitted
 
 
 def test_smooth_mask_removes_specks_and_stays_binary() -> None:

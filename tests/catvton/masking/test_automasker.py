@@ -13,7 +13,7 @@ from PIL import Image
 
 from catvton.errors import InvalidInputError
 from catvton.masking import AutoMasker, MaskResult, load_automasker, save_debug_maps
-from catvton.masking.automasker import ATR_INPUT_SIZE, DENSEPOSE_FILE
+from catvton.masking.automasker import ATR_INPUT_SIZE, DENSEPOSE_FILE, choose_masker_dtype
 from catvton.masking.checkpoints import read_detectron2_pkl
 from catvton.masking.schp import SCHP_MEAN_BGR, SCHP_STD_BGR, _square_warp, parse_human
 from catvton.masking.tiny import save_detectron2_pkl
@@ -146,18 +146,35 @@ def test_debug_maps_are_label_and_colour_pngs(result: MaskResult, tmp_path: Path
         assert colours.mode == "RGB" and colours.size == result.mask.size
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "cpu", "mps"])
+def test_the_masker_runs_in_fp32_on_every_device_unless_asked(device: str) -> None:
+    """As the reference: a label flipped by fp16 moves the mask (pure choice; no GPU needed)."""
+    assert choose_masker_dtype(None, torch.device(device)) == torch.float32
+    assert choose_masker_dtype("fp16", torch.device(device)) == torch.float16
+    assert choose_masker_dtype(torch.bfloat16, torch.device(device)) == torch.bfloat16
+
+
+def test_the_masker_loads_in_the_precision_asked(masker_dir: Path) -> None:
+    masker = load_automasker(masker_dir, device="cpu", dtype="bf16")
+    for network in (masker.densepose, masker.schp_atr, masker.schp_lip):
+        assert next(network.parameters()).dtype == torch.bfloat16
+    with pytest.raises(InvalidInputError, match="dtype must be one of"):
+        load_automasker(masker_dir, device="cpu", dtype="int8")
+
+
 @pytest.mark.gpu
 def test_cuda_masker_agrees_with_the_cpu(
     masker_dir: Path, person_image: Image.Image, result: MaskResult
 ) -> None:
-    """fp32 on CUDA matches the CPU; the default (fp16 on CUDA) runs and keeps the shapes."""
-    fp32 = load_automasker(masker_dir, device="cuda", dtype=torch.float32)
+    """The default on CUDA is fp32 and matches the CPU; fp16 (the option) runs, keeps shapes."""
+    fp32 = load_automasker(masker_dir, device="cuda")
+    assert next(fp32.schp_atr.parameters()).dtype == torch.float32
     on_gpu = fp32(person_image, "upper")
     assert (on_gpu.atr == result.atr).mean() > 0.99
     assert (on_gpu.lip == result.lip).mean() > 0.99
     assert (on_gpu.densepose == result.densepose).mean() > 0.99
 
-    fp16 = load_automasker(masker_dir, device="cuda")
+    fp16 = load_automasker(masker_dir, device="cuda", dtype="fp16")
     assert fp16.device.type == "cuda"
     assert next(fp16.schp_atr.parameters()).dtype == torch.float16
     half = fp16(person_image, "upper")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from catvton.masking.detector import (
     apply_deltas,
     clip_boxes,
     grid_anchors,
     pool_boxes,
+    resize_for_detector,
     shortest_edge_size,
 )
 
@@ -27,6 +30,32 @@ from catvton.masking.detector import (
 )
 def test_shortest_edge_resize(size: tuple[int, int], expected: tuple[int, int]) -> None:
     assert shortest_edge_size(*size) == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((1000, 1504), (680, 1024)),  # 1000 * 1024 / 1504 = 680.85: truncated (rounding gave 681)
+        ((3000, 8), (1024, 2)),  # 8 * 1024 / 3000 = 2.73
+        ((8, 9000), (1, 1024)),  # 0.91 would be 0: the side keeps 1 px
+        ((2304, 3072), (768, 1024)),  # exactly a third
+        ((768, 1024), (768, 1024)),  # not above 1024: untouched
+        ((1024, 1024), (1024, 1024)),
+    ],
+)
+def test_the_detector_input_is_capped_at_1024_with_truncated_sides(size, expected) -> None:
+    assert resize_for_detector(Image.new("RGB", size)).size == expected
+
+
+def test_the_detector_input_is_shrunk_without_antialiasing() -> None:
+    """At a third of the size, bilinear without antialiasing samples source column 3x + 1 exactly
+    (the centre of output pixel x, (x + 0.5) * 3 - 0.5): a lit column of every three fills the
+    whole output. An antialiasing filter would average it with its dark neighbours."""
+    columns = np.zeros((3072, 2304, 3), dtype=np.uint8)
+    columns[:, 1::3] = 200
+    shrunk = np.asarray(resize_for_detector(Image.fromarray(columns)))
+    assert shrunk.shape == (1024, 768, 3)
+    assert (shrunk == 200).all()
 
 
 def test_anchors_are_location_major_with_three_aspect_ratios() -> None:
