@@ -153,7 +153,7 @@ def replay(existing: JobRecord, fingerprint: str | None) -> Response:
 @router.get(
     "/{job_id}",
     response_model=JobDocument,
-    responses=error_responses(401, 404, 410),
+    responses=error_responses(401, 404, 410, 422),
     summary="The job document (poll every second; Retry-After while not final)",
 )
 async def get_job(job_id: JobId, jobs: JobsDep) -> Response:
@@ -163,7 +163,7 @@ async def get_job(job_id: JobId, jobs: JobsDep) -> Response:
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404, 410)},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404, 410, 422)},
     summary="Server-sent events: the document, then one `job` event per change",
 )
 async def job_events(job_id: JobId, request: Request, jobs: JobsDep) -> EventSourceResponse:
@@ -212,7 +212,7 @@ async def get_result(job_id: JobId, request: Request, jobs: JobsDep) -> Response
 
 @router.get(
     "/{job_id}/mask",
-    responses={200: {"content": {"image/png": {}}}, **error_responses(401, 404, 409, 410)},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(401, 404, 409, 410, 422)},
     summary="PNG of the mask the model used (white = repainted), working size",
 )
 async def get_mask(job_id: JobId, jobs: JobsDep) -> Response:
@@ -225,7 +225,7 @@ async def get_mask(job_id: JobId, jobs: JobsDep) -> Response:
     response_model=JobDocument,
     responses={
         202: {"description": "running: it stops at its next step"},
-        **error_responses(401, 404, 410),
+        **error_responses(401, 404, 410, 422),
     },
     summary="Cancel: queued or final 200, running 202 (cancelRequested)",
 )
@@ -237,7 +237,7 @@ async def cancel_job(job_id: JobId, jobs: JobsDep) -> Response:
 @router.delete(
     "/{job_id}",
     status_code=204,
-    responses=error_responses(401, 404, 410),
+    responses=error_responses(401, 404, 410, 422),
     summary="Cancel if needed, then forget the job and its result",
 )
 async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
