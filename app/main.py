@@ -31,7 +31,7 @@ from app.observe import routes as observe_routes
 from app.observe.metrics import ServiceMetrics
 from app.observe.middleware import RequestObserver
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
-from app.routes import docs, health, try_on
+from app.routes import docs, health, page, try_on
 from app.settings import Settings
 from app.worker import InferenceWorker, load_models
 
@@ -135,4 +135,6 @@ def create_app(
     app.include_router(health_router)
     app.include_router(observe_routes.router)
     docs.install_docs(app)
+    app.include_router(page.router)
+    app.mount(page.STATIC_PATH, page.static_files(), name="static")
     return app

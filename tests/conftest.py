@@ -17,6 +17,16 @@ from catvton.tiny import TINY_SIZE, write_tiny_weights
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--browser-screenshots",
+        metavar="DIR",
+        type=Path,
+        help="where the browser tests save a screenshot of each page state "
+        "(default: a folder in pytest's temporary directory; the run prints which)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

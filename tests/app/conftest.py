@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_helpers import SCREENSHOTS_KEY
 from http_helpers import serve, tiny_settings, wait_until_ready
 
 
@@ -15,3 +16,13 @@ def tiny_server(tiny_weights: Path) -> Iterator[str]:
     with serve(tiny_settings(tiny_weights, max_upload_mb=1.0)) as base_url:
         assert wait_until_ready(base_url)["status"] == "ok"
         yield base_url
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Say where the browser tests left their screenshots (one per page state)."""
+    directory = config.stash.get(SCREENSHOTS_KEY, None)
+    if directory is not None:
+        count = len(list(directory.glob("*.png")))
+        terminalreporter.write_line(f"browser screenshots ({count}): {directory}")

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pillow_heif
 import uvicorn
 from fastapi import FastAPI
 from PIL import Image
@@ -101,6 +102,13 @@ def image_bytes(size: tuple[int, int] = (120, 160), image_format: str = "JPEG") 
     image.paste((200, 40, 40), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
     buffer = io.BytesIO()
     image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def heic_bytes(image: Image.Image) -> bytes:
+    """`image` as an iPhone sends photos: HEIC."""
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=90)
     return buffer.getvalue()
 
 

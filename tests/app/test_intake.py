@@ -9,9 +9,8 @@ import struct
 import zlib
 from collections.abc import Iterable
 
-import pillow_heif
 import pytest
-from http_helpers import multipart, try_on_parts
+from http_helpers import heic_bytes, multipart, try_on_parts
 from PIL import Image
 from starlette.requests import Request
 
@@ -26,12 +25,6 @@ MAX_PIXELS = 40_000_000
 def encode(image: Image.Image, image_format: str, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **params)
-    return buffer.getvalue()
-
-
-def heic_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    pillow_heif.from_pillow(image).save(buffer, quality=90)
     return buffer.getvalue()
 
 
