@@ -42,6 +42,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"cluster tests (tests/app/cluster) skipped: {MISSING}")
 
 
+def both_replicas_ready(health: dict) -> bool:
+    return len(health["replicas"]) == 2 and all(r["status"] == "ok" for r in health["replicas"])
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     port, redis_port = free_port(), free_port()
@@ -69,7 +73,11 @@ def cluster() -> Iterator[Cluster]:
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = "".join(running.output[-40:])
                 raise RuntimeError(f"the demo cluster did not start:\n{tail}")
-        running.wait_for_health(lambda body: body["status"] == "ok", timeout=120)
+        running.wait_for_health(both_replicas_ready, timeout=300)
+        from app.cluster.registry import HEARTBEAT_S  # here: collection must not need redis
+
+        time.sleep(HEARTBEAT_S)  # every ingress replica has read the reports since
+        running.wait_for_health(both_replicas_ready)
         yield running
     finally:
         running.stop_restarted_redis()

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_replica_running
 from http_helpers import assert_envelope, post_try_on, try_on_parts
-from jobs_helpers import JOBS, masked_parts, submit, wait_for_job
+from jobs_helpers import JOBS, document, masked_parts, submit, wait_for_job
 from test_try_on_http import (  # noqa: F401  (collected here, against the cluster)
     test_a_body_that_is_not_multipart_gets_422,
     test_a_mask_of_another_shape_than_the_person_gets_422,
@@ -36,6 +36,7 @@ from app.cluster.registry import HEARTBEAT_S
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 SLOWER = {"num_inference_steps": "30", "guidance_scale": "1.0"}
 SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
+HOLD = {"num_inference_steps": "100", "guidance_scale": "7.5"}  # the longest try-on there is
 
 
 def served_per_replica(cluster: Cluster) -> dict[str, int]:
@@ -74,7 +75,7 @@ def test_a_burst_past_the_bound_gets_the_busy_envelope_and_the_rest_succeed(
 ) -> None:
     # Both replicas busy with a long job each: at most QUEUE_BOUND requests may wait per ingress
     # replica, so of 8 at once at least 8 - 2 * QUEUE_BOUND are refused at once.
-    jobs = [submit(cluster.url, masked_parts(seed="-1", **SLOW)).json()["jobId"] for _ in "ab"]
+    jobs = [submit(cluster.url, masked_parts(seed="-1", **HOLD)).json()["jobId"] for _ in "ab"]
     for job_id in jobs:
         wait_for_job(cluster.url, job_id, lambda body: body["status"] == "running")
     with ThreadPoolExecutor(8) as pool:
@@ -83,11 +84,13 @@ def test_a_burst_past_the_bound_gets_the_busy_envelope_and_the_rest_succeed(
         deadline = time.monotonic() + 120
         while sum(future.done() for future in pending) < refused and time.monotonic() < deadline:
             time.sleep(0.1)
+        held = [document(cluster.url, job_id)["status"] for job_id in jobs]
         for job_id in jobs:  # the replicas are free again: the waiting requests run
             httpx.delete(f"{cluster.url}{JOBS}/{job_id}", timeout=30)
         responses = [future.result() for future in pending]
     busy = [response for response in responses if response.status_code == 503]
-    assert len(busy) >= refused, [response.status_code for response in responses]
+    # The long jobs must still hold both replicas once the burst is in (else it proves nothing).
+    assert len(busy) >= refused, ([response.status_code for response in responses], held)
     for response in busy:
         assert_envelope(response, 503, "gpu_busy", "GPU is busy processing another request")
         assert int(response.headers["Retry-After"]) > 0
