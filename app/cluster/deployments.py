@@ -7,6 +7,8 @@ this folder, whose `args` are `ClusterSettings` fields.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -70,9 +72,17 @@ class Ingress:
             health_router=health.router,
         )
         app.add_exception_handler(RedisError, answer_redis_down)
-        # Cancels and deletes reach the replica that drives the job.
-        app.state.jobs = SharedJobRunner(redis, store, worker, cache)
         replica_id = serve.get_replica_context().replica_id.unique_id
+        # Cancels and deletes reach the replica that drives the job; its death ends its jobs.
+        jobs = app.state.jobs = SharedJobRunner(redis, replica_id, store, worker, cache)
+        app_lifespan = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            async with app_lifespan(app), jobs.running():
+                yield
+
+        app.router.lifespan_context = lifespan
         app.add_middleware(EdgeHeadersMiddleware, served_by=replica_id)  # outermost
         return app
 

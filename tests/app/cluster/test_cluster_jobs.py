@@ -4,15 +4,26 @@ in the middle of a job, and finished jobs that outlive a Redis restart (persiste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import time
 
 import httpx
 import pytest
 from cluster_helpers import Cluster, wait_for_replica_running
 from http_helpers import assert_envelope
-from jobs_helpers import FAST, JOBS, masked_parts, read_events, submit, wait_final, wait_for_job
+from jobs_helpers import (
+    FAST,
+    JOBS,
+    SLOW,
+    masked_parts,
+    read_events,
+    submit,
+    wait_final,
+    wait_for_job,
+)
 from test_jobs_http import (  # noqa: F401  (collected here, against the cluster)
     test_a_deleted_job_is_forgotten_and_its_result_not_before_it_exists,
     test_idempotency_key_replays_the_job_and_refuses_a_different_body,
@@ -21,8 +32,8 @@ from test_jobs_http import (  # noqa: F401  (collected here, against the cluster
 )
 
 from app.cluster.headers import SERVED_BY_HEADER
+from app.cluster.shared_jobs import LEASE_PREFIX
 
-SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
 ATTEMPTS = 8  # 2 ingress replicas: the chance that all of them go to one is 1 in 2**8
 
 
@@ -156,3 +167,28 @@ def test_finished_jobs_survive_a_redis_restart(cluster: Cluster) -> None:
     assert again.content == image, again.text[:300]
     events = read_events(cluster.url, job_id, timeout=30)
     assert [body["status"] for _, _, body in events] == ["succeeded"]
+
+
+def test_a_job_whose_ingress_replica_dies_fails_instead_of_running_forever(
+    cluster: Cluster,
+) -> None:
+    response = submit(cluster.url, masked_parts(seed="-1", **SLOW))
+    job_id, driver = response.json()["jobId"], response.headers[SERVED_BY_HEADER]
+    wait_for_job(cluster.url, job_id, lambda body: body["status"] == "running")
+    redis = cluster.redis()
+    os.kill(json.loads(redis.get(LEASE_PREFIX + driver))["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the proxy may still pick the dead replica for a moment
+        with contextlib.suppress(httpx.HTTPError):
+            answer = httpx.get(f"{cluster.url}{JOBS}/{job_id}", timeout=10)
+            if answer.status_code == 200 and answer.json()["status"] != "running":
+                break
+        time.sleep(0.5)
+    body = answer.json()
+    assert body["status"] == "failed" and body["error"]["error"] == "worker_stopped", body
+    while time.monotonic() < deadline:  # Serve starts another ingress replica in its place
+        leases = {key.decode() for key in redis.scan_iter(LEASE_PREFIX + "*")}
+        if len(leases) == 2 and LEASE_PREFIX + driver not in leases:
+            break
+        time.sleep(0.5)
+    assert len(leases) == 2 and LEASE_PREFIX + driver not in leases, leases
