@@ -19,10 +19,11 @@ from PIL import Image
 from app.__main__ import server_options
 from app.main import create_app
 from app.settings import Settings
-from app.worker import InferenceWorker
+from app.worker import InferenceWorker, Models, ProgressCallback, load_models
 from catvton.tiny import TINY_SIZE
 
 TINY_SIZE_TEXT = f"{TINY_SIZE[0]}x{TINY_SIZE[1]}"
+HELD_BACK = "waiting for the test"  # the loading message of held_back_worker
 
 
 @contextmanager
@@ -56,6 +57,18 @@ def serve(
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def held_back_worker(settings: Settings, released: threading.Event) -> InferenceWorker:
+    """A worker whose real loader reports `HELD_BACK` and waits for `released` (60 s at most)
+    before loading: the "loading" state lasts until the test has seen what it wants of it."""
+
+    def load_when_released(progress: ProgressCallback) -> Models:
+        progress(HELD_BACK)
+        released.wait(60)
+        return load_models(settings, progress)
+
+    return InferenceWorker(load_when_released, queue_size=settings.queue_size)
 
 
 def wait_until_ready(base_url: str, timeout: float = 120.0) -> dict:
