@@ -23,6 +23,10 @@ from app.worker import InferenceWorker, Models, ProgressCallback, load_models
 from catvton.tiny import TINY_SIZE
 
 TINY_SIZE_TEXT = f"{TINY_SIZE[0]}x{TINY_SIZE[1]}"
+# Ten steps without guidance: the API's minimum, the cheapest valid try-on (seconds on CPU).
+FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
+# A hundred steps: a try-on that keeps the device busy long enough to fill a queue behind it.
+SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
 HELD_BACK = "waiting for the test"  # the loading message of held_back_worker
 
 

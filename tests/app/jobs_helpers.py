@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import torch
+from http_helpers import FAST as FAST  # re-exported: the jobs tests import both from here
+from http_helpers import SLOW as SLOW
 from http_helpers import multipart, serve, tiny_settings, try_on_parts, wait_until_ready
 from PIL import Image
 
@@ -26,9 +28,6 @@ from app.request_id import current_request_id
 from app.worker import InferenceWorker, load_models
 
 JOBS = "/api/try-on/jobs"
-# Ten steps without guidance: the cheapest valid try-on. A user mask skips the AutoMasker.
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
-SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
 
 
 @contextmanager
@@ -55,6 +54,7 @@ def mask_bytes(size: tuple[int, int] = (120, 160)) -> bytes:
 
 
 def masked_parts(**fields: str) -> list:
+    """A valid request with a user mask, which skips the AutoMasker."""
     return [*try_on_parts(**fields), ("mask_image", mask_bytes(), "mask.png", "image/png")]
 
 

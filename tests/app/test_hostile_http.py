@@ -31,6 +31,7 @@ from hostile_payloads import (
     try_on_parts_with,
 )
 from http_helpers import (
+    FAST,
     assert_envelope,
     health,
     multipart,
@@ -44,7 +45,6 @@ from http_helpers import (
 
 from app.main import create_app
 
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 DEEP_SIZE = (5000, 8000)  # 40 megapixels, the default pixel cap
 
 

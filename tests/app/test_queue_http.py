@@ -21,6 +21,8 @@ import httpx
 import pytest
 import torch
 from http_helpers import (
+    FAST,
+    SLOW,
     assert_envelope,
     health,
     multipart,
@@ -33,9 +35,6 @@ from http_helpers import (
 )
 
 from app.worker import InferenceWorker, load_models
-
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
-SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}  # seconds: room to fill the queue
 
 
 class UNetProbe:
