@@ -77,29 +77,27 @@ def held_back_worker(settings: Settings, released: threading.Event) -> Inference
 
 def wait_until_ready(base_url: str, timeout: float = 120.0) -> dict:
     """Poll /health until it leaves "loading"; return its body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = httpx.get(f"{base_url}/health", timeout=5).json()
-        if body["status"] != "loading":
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still loading after {timeout} s: {body}")
-        time.sleep(0.05)
+    # Polled less often than wait_for_health's default: the load runs in this process too.
+    return wait_for_health(base_url, lambda body: body["status"] != "loading", timeout, 0.05)
 
 
 def health(base_url: str) -> dict:
+    """The /health body, whatever its status code (503 while loading, draining or failed)."""
     return httpx.get(f"{base_url}/health", timeout=10).json()
 
 
-def wait_for(base_url: str, condition: Callable[[dict], bool], timeout: float = 60.0) -> dict:
-    """Poll /health until `condition(body)` holds; return that body."""
+def wait_for_health(
+    base_url: str, condition: Callable[[dict], bool], timeout: float = 60, interval: float = 0.02
+) -> dict:
+    """Poll /health every `interval` seconds until `condition(body)`; return that body."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         body = health(base_url)
         if condition(body):
             return body
-        time.sleep(0.02)
-    raise TimeoutError(f"health never matched: {health(base_url)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/health never matched in {timeout} s: {body}")
+        time.sleep(interval)
 
 
 def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:
@@ -179,15 +177,3 @@ def assert_envelope(response: httpx.Response, status: int, code: str, says: str)
     assert says in body["message"], body["message"]
     assert body["requestId"] == response.headers["X-Request-ID"]
     return body
-
-
-def wait_for_health(base_url: str, condition: Callable[[dict], bool], timeout: float = 60) -> dict:
-    """Poll /health (any status code) until `condition(body)`; return that body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = httpx.get(f"{base_url}/health", timeout=5).json()
-        if condition(body):
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"/health never matched: {body}")
-        time.sleep(0.02)
