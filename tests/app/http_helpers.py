@@ -156,16 +156,23 @@ def try_on_parts(**fields: str) -> list[Part]:
     return parts
 
 
-def post_try_on(
-    base_url: str, parts: list[Part], headers: dict[str, str] | None = None, timeout: float = 120
+def post_parts(
+    url: str, parts: list[Part], headers: dict[str, str] | None = None, timeout: float = 120
 ) -> httpx.Response:
+    """POST `parts` to `url` as the hand-written multipart body, with `headers` added."""
     body, content_type = multipart(parts)
     return httpx.post(
-        f"{base_url}/api/try-on",
+        url,
         content=body,
         headers={"Content-Type": content_type, **(headers or {})},
         timeout=timeout,
     )
+
+
+def post_try_on(
+    base_url: str, parts: list[Part], headers: dict[str, str] | None = None, timeout: float = 120
+) -> httpx.Response:
+    return post_parts(f"{base_url}/api/try-on", parts, headers, timeout)
 
 
 def assert_envelope(response: httpx.Response, status: int, code: str, says: str) -> dict:

@@ -21,7 +21,7 @@ import httpx
 import torch
 from http_helpers import FAST as FAST  # re-exported: the jobs tests import both from here
 from http_helpers import SLOW as SLOW
-from http_helpers import multipart, serve, tiny_settings, try_on_parts, wait_until_ready
+from http_helpers import post_parts, serve, tiny_settings, try_on_parts, wait_until_ready
 from PIL import Image
 
 from app.request_id import current_request_id
@@ -61,13 +61,7 @@ def masked_parts(**fields: str) -> list:
 def submit(
     base_url: str, parts: list, headers: dict[str, str] | None = None, path: str = JOBS
 ) -> httpx.Response:
-    body, content_type = multipart(parts)
-    return httpx.post(
-        f"{base_url}{path}",
-        content=body,
-        headers={"Content-Type": content_type, **(headers or {})},
-        timeout=120,
-    )
+    return post_parts(f"{base_url}{path}", parts, headers)
 
 
 def document(base_url: str, job_id: str) -> dict:
