@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,8 +44,9 @@ def browser_paths() -> tuple[str, str] | None:
 
 
 def require_browser() -> tuple[str, str]:
-    """The browser's paths. Called at a test module's import: when the browser is missing, the
-    whole module is skipped with one line (outside CI) or fails to collect (in CI)."""
+    """The browser's paths. When the browser is missing, outside CI this skips with one line saying
+    how to install it, and in CI it fails. Called at a test module's import it skips (or fails to
+    collect) the whole module; called from a fixture, only the tests that use that fixture."""
     paths = browser_paths()
     if paths is None:
         if os.environ.get("CI", "").lower() == "true":
@@ -54,8 +55,14 @@ def require_browser() -> tuple[str, str]:
     return paths
 
 
-def start_chromium(browser: str, chromedriver: str) -> WebDriver:
-    """Headless Chromium with the paths given (Selenium Manager never downloads anything)."""
+def start_chromium(
+    browser: str,
+    chromedriver: str,
+    extra_arguments: Iterable[str] = (),
+    capabilities: Mapping[str, object] | None = None,
+) -> webdriver.Chrome:
+    """Headless Chromium with the paths given (Selenium Manager never downloads anything), plus
+    `extra_arguments` (Chromium switches) and `capabilities` (e.g. `goog:loggingPrefs`)."""
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for argument in (
@@ -66,8 +73,11 @@ def start_chromium(browser: str, chromedriver: str) -> WebDriver:
         "--disable-extensions",
         "--no-first-run",
         "--lang=en-US",
+        *extra_arguments,
     ):
         options.add_argument(argument)
+    for name, value in (capabilities or {}).items():
+        options.set_capability(name, value)
     return webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
 
 

@@ -19,10 +19,15 @@ from PIL import Image
 from app.__main__ import server_options
 from app.main import create_app
 from app.settings import Settings
-from app.worker import InferenceWorker
+from app.worker import InferenceWorker, Models, ProgressCallback, load_models
 from catvton.tiny import TINY_SIZE
 
 TINY_SIZE_TEXT = f"{TINY_SIZE[0]}x{TINY_SIZE[1]}"
+# Ten steps without guidance: the API's minimum, the cheapest valid try-on (seconds on CPU).
+FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
+# A hundred steps: a try-on that keeps the device busy long enough to fill a queue behind it.
+SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
+HELD_BACK = "waiting for the test"  # the loading message of held_back_worker
 
 
 @contextmanager
@@ -58,31 +63,41 @@ def serve(
         sock.close()
 
 
+def held_back_worker(settings: Settings, released: threading.Event) -> InferenceWorker:
+    """A worker whose real loader reports `HELD_BACK` and waits for `released` (60 s at most)
+    before loading: the "loading" state lasts until the test has seen what it wants of it."""
+
+    def load_when_released(progress: ProgressCallback) -> Models:
+        progress(HELD_BACK)
+        released.wait(60)
+        return load_models(settings, progress)
+
+    return InferenceWorker(load_when_released, queue_size=settings.queue_size)
+
+
 def wait_until_ready(base_url: str, timeout: float = 120.0) -> dict:
     """Poll /health until it leaves "loading"; return its body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = httpx.get(f"{base_url}/health", timeout=5).json()
-        if body["status"] != "loading":
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still loading after {timeout} s: {body}")
-        time.sleep(0.05)
+    # Polled less often than wait_for_health's default: the load runs in this process too.
+    return wait_for_health(base_url, lambda body: body["status"] != "loading", timeout, 0.05)
 
 
 def health(base_url: str) -> dict:
+    """The /health body, whatever its status code (503 while loading, draining or failed)."""
     return httpx.get(f"{base_url}/health", timeout=10).json()
 
 
-def wait_for(base_url: str, condition: Callable[[dict], bool], timeout: float = 60.0) -> dict:
-    """Poll /health until `condition(body)` holds; return that body."""
+def wait_for_health(
+    base_url: str, condition: Callable[[dict], bool], timeout: float = 60, interval: float = 0.02
+) -> dict:
+    """Poll /health every `interval` seconds until `condition(body)`; return that body."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         body = health(base_url)
         if condition(body):
             return body
-        time.sleep(0.02)
-    raise TimeoutError(f"health never matched: {health(base_url)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/health never matched in {timeout} s: {body}")
+        time.sleep(interval)
 
 
 def tiny_settings(weights_dir: Path, **overrides: object) -> Settings:
@@ -141,16 +156,23 @@ def try_on_parts(**fields: str) -> list[Part]:
     return parts
 
 
-def post_try_on(
-    base_url: str, parts: list[Part], headers: dict[str, str] | None = None, timeout: float = 120
+def post_parts(
+    url: str, parts: list[Part], headers: dict[str, str] | None = None, timeout: float = 120
 ) -> httpx.Response:
+    """POST `parts` to `url` as the hand-written multipart body, with `headers` added."""
     body, content_type = multipart(parts)
     return httpx.post(
-        f"{base_url}/api/try-on",
+        url,
         content=body,
         headers={"Content-Type": content_type, **(headers or {})},
         timeout=timeout,
     )
+
+
+def post_try_on(
+    base_url: str, parts: list[Part], headers: dict[str, str] | None = None, timeout: float = 120
+) -> httpx.Response:
+    return post_parts(f"{base_url}/api/try-on", parts, headers, timeout)
 
 
 def assert_envelope(response: httpx.Response, status: int, code: str, says: str) -> dict:
@@ -162,15 +184,3 @@ def assert_envelope(response: httpx.Response, status: int, code: str, says: str)
     assert says in body["message"], body["message"]
     assert body["requestId"] == response.headers["X-Request-ID"]
     return body
-
-
-def wait_for_health(base_url: str, condition: Callable[[dict], bool], timeout: float = 60) -> dict:
-    """Poll /health (any status code) until `condition(body)`; return that body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = httpx.get(f"{base_url}/health", timeout=5).json()
-        if condition(body):
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"/health never matched: {body}")
-        time.sleep(0.02)

@@ -19,16 +19,15 @@ from pathlib import Path
 
 import httpx
 import torch
-from http_helpers import multipart, serve, tiny_settings, try_on_parts, wait_until_ready
+from http_helpers import FAST as FAST  # re-exported: the jobs tests import both from here
+from http_helpers import SLOW as SLOW
+from http_helpers import post_parts, serve, tiny_settings, try_on_parts, wait_until_ready
 from PIL import Image
 
 from app.request_id import current_request_id
 from app.worker import InferenceWorker, load_models
 
 JOBS = "/api/try-on/jobs"
-# Ten steps without guidance: the cheapest valid try-on. A user mask skips the AutoMasker.
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
-SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
 
 
 @contextmanager
@@ -55,19 +54,14 @@ def mask_bytes(size: tuple[int, int] = (120, 160)) -> bytes:
 
 
 def masked_parts(**fields: str) -> list:
+    """A valid request with a user mask, which skips the AutoMasker."""
     return [*try_on_parts(**fields), ("mask_image", mask_bytes(), "mask.png", "image/png")]
 
 
 def submit(
     base_url: str, parts: list, headers: dict[str, str] | None = None, path: str = JOBS
 ) -> httpx.Response:
-    body, content_type = multipart(parts)
-    return httpx.post(
-        f"{base_url}{path}",
-        content=body,
-        headers={"Content-Type": content_type, **(headers or {})},
-        timeout=120,
-    )
+    return post_parts(f"{base_url}{path}", parts, headers)
 
 
 def document(base_url: str, job_id: str) -> dict:

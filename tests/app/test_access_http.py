@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from http_helpers import (
+    FAST,
     assert_envelope,
     multipart,
     serve,
@@ -27,7 +28,6 @@ from app.access.keys import RELOAD_POLL_S
 ALICE_KEY = "alice-0123456789abcdef"
 BOB_KEY = "bob-0123456789abcdefgh"
 CAROL_KEY = "carol-0123456789abcdef"
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 # Hashed with `echo KEY | sha256sum`: the digest of the key plus a newline.
 CAROL_ECHO_HASH = hashlib.sha256(CAROL_KEY.encode() + b"\n").hexdigest()
 KEYS_TEXT = (

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from http_helpers import (
+    FAST,
     assert_envelope,
     multipart,
     post_try_on,
@@ -21,7 +22,6 @@ from http_helpers import (
 )
 
 KEYS = {name: f"{name}-0123456789abcdef" for name in ("alice", "bob", "carol", "dave")}
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 NOT_MULTIPART = {"Content-Type": "text/plain"}  # 422 at once: counted, but no GPU time
 
 

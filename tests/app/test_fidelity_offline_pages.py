@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
+from browser_helpers import require_browser, start_chromium
 from fastapi.routing import iter_route_contexts
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -133,22 +133,11 @@ def test_html_and_css_reference_no_other_host(tiny_server: str) -> None:
 @pytest.fixture(scope="module")
 def offline_browser() -> Iterator[webdriver.Chrome]:
     """Headless Chromium that can resolve no host but 127.0.0.1, logging every request."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # CI runs as root
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
+    driver = start_chromium(
+        *require_browser(),
+        extra_arguments=["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+        capabilities={"goog:loggingPrefs": {"performance": "ALL"}},
+    )
     try:
         yield driver
     finally:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import httpx
 from http_helpers import (
+    HELD_BACK,
     TINY_SIZE,
     assert_envelope,
+    held_back_worker,
     post_try_on,
     serve,
     tiny_settings,
@@ -18,7 +20,7 @@ from http_helpers import (
 )
 
 from app.settings import Settings
-from app.worker import InferenceWorker, Models, ProgressCallback, load_models
+from app.worker import InferenceWorker, Models, ProgressCallback
 
 
 def timed_health(client: httpx.Client) -> tuple[httpx.Response, float]:
@@ -30,21 +32,14 @@ def timed_health(client: httpx.Client) -> tuple[httpx.Response, float]:
 def test_health_goes_from_loading_to_ok_and_stays_fast(tiny_weights: Path) -> None:
     settings = tiny_settings(tiny_weights)
     gate = threading.Event()
-
-    def load_when_released(progress: ProgressCallback) -> Models:
-        """The real loader, held back until the test has seen the "loading" state."""
-        progress("waiting for the test")
-        gate.wait(60)
-        return load_models(settings, progress)
-
-    worker = InferenceWorker(load_when_released, queue_size=settings.queue_size)
+    worker = held_back_worker(settings, gate)
     with serve(settings, worker) as base_url, httpx.Client(base_url=base_url, timeout=5) as client:
         response, elapsed = timed_health(client)
         assert response.status_code == 503
         assert elapsed < 0.1
         body = response.json()
         assert (body["status"], body["model_loaded"]) == ("loading", False)
-        assert "waiting for the test" in body["message"]
+        assert HELD_BACK in body["message"]
         assert int(response.headers["Retry-After"]) > 0
 
         refused = post_try_on(base_url, try_on_parts())

@@ -31,6 +31,7 @@ from hostile_payloads import (
     try_on_parts_with,
 )
 from http_helpers import (
+    FAST,
     assert_envelope,
     health,
     multipart,
@@ -38,13 +39,12 @@ from http_helpers import (
     serve,
     tiny_settings,
     try_on_parts,
-    wait_for,
+    wait_for_health,
     wait_until_ready,
 )
 
 from app.main import create_app
 
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 DEEP_SIZE = (5000, 8000)  # 40 megapixels, the default pixel cap
 
 
@@ -89,7 +89,7 @@ def test_stalled_uploads_get_408_their_connection_closed_and_their_place_back(
     with serve(settings) as base_url:
         wait_until_ready(base_url)
         stalled = [stall_after_first_boundary(base_url) for _ in range(5)]
-        wait_for(base_url, lambda body: body["receiving"] == 5)
+        wait_for_health(base_url, lambda body: body["receiving"] == 5)
         refused = post_try_on(base_url, try_on_parts(**FAST), timeout=10)
         assert_envelope(refused, 503, "gpu_busy", "GPU is busy")  # what the attack achieved
         for connection in stalled:
@@ -100,7 +100,7 @@ def test_stalled_uploads_get_408_their_connection_closed_and_their_place_back(
             assert "nothing for 4 s" in body["message"], body["message"]
             assert closed, "the server must close a timed-out upload's connection"
             connection.close()
-        wait_for(base_url, lambda body: body["receiving"] == 0, timeout=5)
+        wait_for_health(base_url, lambda body: body["receiving"] == 0, timeout=5)
         assert post_try_on(base_url, try_on_parts(**FAST)).status_code == 200
 
 
@@ -195,10 +195,10 @@ def test_a_client_that_hangs_up_during_decoding_gets_no_inference(
     body, content_type = multipart(try_on_parts_with(person_image=deep_png_bytes))
     connection = open_post(hostile_server, content_type, len(body))
     connection.sendall(body)
-    wait_for(hostile_server, lambda state: state["receiving"] == 1)
+    wait_for_health(hostile_server, lambda state: state["receiving"] == 1)
     time.sleep(0.3)  # the upload is read: it is decoding now (seconds for 40 megapixels)
     connection.close()
-    wait_for(hostile_server, lambda state: state["receiving"] == 0)
+    wait_for_health(hostile_server, lambda state: state["receiving"] == 0)
     time.sleep(0.5)
     state = health(hostile_server)
     assert not state["busy"] and state["queue_depth"] == 0

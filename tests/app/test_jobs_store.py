@@ -9,7 +9,7 @@ import pytest
 from app.encoding import EncodedImage, EncodedResult
 from app.errors import JobExpiredError, JobNotFoundError
 from app.jobs.records import JobRecord, new_job_id
-from app.jobs.store import TOMBSTONE_S, InMemoryJobStore
+from app.jobs.store import TOMBSTONE_S, InMemoryJobStore, JobStore
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +48,22 @@ def result_of(size: int) -> EncodedResult:
 def new_store(clock: Clock, **caps: int) -> InMemoryJobStore:
     options = {"ttl_s": 900, "max_bytes": 1000, "max_jobs": 10, **caps}
     return InMemoryJobStore(clock=clock, **options)
+
+
+async def watch_in_background(
+    store: JobStore, job_id: str
+) -> tuple[asyncio.Task[None], list[JobRecord]]:
+    """A task collecting every record `store.watch(job_id)` yields, and that (growing) list;
+    the task has had one turn of the loop to start watching before the test changes the job."""
+    seen: list[JobRecord] = []
+
+    async def collect() -> None:
+        async for current in store.watch(job_id):
+            seen.append(current)
+
+    watcher = asyncio.create_task(collect())
+    await asyncio.sleep(0)
+    return watcher, seen
 
 
 async def test_a_record_is_stored_updated_and_versioned() -> None:
@@ -160,14 +176,7 @@ async def test_watch_yields_the_current_record_then_each_change_until_final() ->
     clock = Clock()
     store = new_store(clock)
     record, _ = await store.create(make_record(clock))
-    seen: list[JobRecord] = []
-
-    async def watch() -> None:
-        async for current in store.watch(record.job_id):
-            seen.append(current)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
+    watcher, seen = await watch_in_background(store, record.job_id)
     for step in range(1, 4):
         await store.update(record.job_id, step=step)
         await asyncio.sleep(0)
@@ -181,14 +190,7 @@ async def test_watch_ends_when_the_job_is_forgotten_and_refuses_unknown_ids() ->
     clock = Clock()
     store = new_store(clock)
     record, _ = await store.create(make_record(clock))
-    seen: list[JobRecord] = []
-
-    async def watch() -> None:
-        async for current in store.watch(record.job_id):
-            seen.append(current)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
+    watcher, seen = await watch_in_background(store, record.job_id)
     await store.delete(record.job_id)
     await asyncio.wait_for(watcher, 1)
     assert len(seen) == 1 and not seen[-1].final

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_helpers import assert_envelope, post_try_on, try_on_parts, wait_for_health
+from http_helpers import FAST, assert_envelope, post_try_on, try_on_parts, wait_for_health
 from process_helpers import app_process
 
 from app.lifecycle import RESPONSE_GRACE_S
 
 pytestmark = pytest.mark.slow
 
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 SLOW = {"num_inference_steps": "25", "guidance_scale": "1.0"}
 # The longest request the contract allows: 100 steps with guidance (two UNet passes each), seconds
 # on the tiny model even on an idle CPU.

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_helpers import multipart, post_try_on, try_on_parts
+from http_helpers import FAST, multipart, post_try_on, try_on_parts
 from process_helpers import app_process
 
 from app.observe.logs import USAGE_FIELDS
 
 pytestmark = pytest.mark.slow
-
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 
 
 def test_json_logs_parse_line_by_line_with_a_usage_record_per_request(tiny_weights: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from http_helpers import (
+    FAST,
     assert_envelope,
     post_try_on,
     serve,
@@ -25,7 +26,6 @@ from app.observe.metrics import UNMATCHED_ROUTE, ServiceMetrics
 from app.settings import Settings
 from app.worker import InferenceWorker, load_models
 
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -34,6 +34,7 @@ from browser_helpers import (
 )
 from http_helpers import (
     heic_bytes,
+    held_back_worker,
     image_bytes,
     multipart,
     serve,
@@ -48,7 +49,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from app.worker import InferenceWorker, Models, ProgressCallback, load_models
+from app.worker import InferenceWorker, load_models
 from catvton.tiny import TINY_SIZE
 
 BROWSER_PATHS = require_browser()  # before any fixture: one skip line for the module, or CI fails
@@ -366,14 +367,7 @@ def test_banners_say_loading_then_why_the_load_failed(
 ) -> None:
     settings = tiny_settings(tmp_path)  # an empty weights folder: the load fails, naming files
     released = threading.Event()
-
-    def load_when_released(progress: ProgressCallback) -> Models:
-        progress("waiting for the test")
-        released.wait(60)
-        return load_models(settings, progress)
-
-    worker = InferenceWorker(load_when_released, queue_size=settings.queue_size)
-    with serve(settings, worker) as base_url:
+    with serve(settings, held_back_worker(settings, released)) as base_url:
         set_viewport(browser, PHONE)
         browser.get(f"{base_url}/")
         banner = browser.find_element(By.ID, "banner")

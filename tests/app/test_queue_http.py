@@ -21,6 +21,8 @@ import httpx
 import pytest
 import torch
 from http_helpers import (
+    FAST,
+    SLOW,
     assert_envelope,
     health,
     multipart,
@@ -28,14 +30,11 @@ from http_helpers import (
     serve,
     tiny_settings,
     try_on_parts,
-    wait_for,
+    wait_for_health,
     wait_until_ready,
 )
 
 from app.worker import InferenceWorker, load_models
-
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
-SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}  # seconds: room to fill the queue
 
 
 class UNetProbe:
@@ -103,7 +102,7 @@ def test_queue_full_gets_503_at_once_and_admitted_requests_run_one_at_a_time(
     pool = ThreadPoolExecutor(max_workers=4)
     try:
         running: Future = pool.submit(post_try_on, base_url, try_on_parts(**SLOW))
-        wait_for(base_url, lambda body: body["busy"])
+        wait_for_health(base_url, lambda body: body["busy"])
 
         # /health stays fast while the device is busy (one client: no per-call TLS/pool setup).
         with httpx.Client(base_url=base_url, timeout=5) as client:
@@ -114,13 +113,13 @@ def test_queue_full_gets_503_at_once_and_admitted_requests_run_one_at_a_time(
 
         # A client that hangs up while queued is dropped before it costs device time.
         quitter = send_and_hang_up_later(base_url, try_on_parts(**FAST))
-        wait_for(base_url, lambda body: body["queue_depth"] == 1)
+        wait_for_health(base_url, lambda body: body["queue_depth"] == 1)
         quitter.close()
-        assert wait_for(base_url, lambda body: body["queue_depth"] == 0)["busy"]
+        assert wait_for_health(base_url, lambda body: body["queue_depth"] == 0)["busy"]
 
         # Fill the queue (bound 2), then one more: 503 with Retry-After, at once.
         queued = [pool.submit(post_try_on, base_url, try_on_parts(**FAST)) for _ in range(2)]
-        wait_for(base_url, lambda body: body["queue_depth"] == 2)
+        wait_for_health(base_url, lambda body: body["queue_depth"] == 2)
         started = time.perf_counter()
         refused = post_try_on(base_url, try_on_parts(**FAST))
         assert time.perf_counter() - started < 1.0
@@ -160,7 +159,7 @@ def test_a_request_that_waits_past_the_timeout_gets_503(tiny_weights: Path) -> N
     with serve(settings) as base_url, ThreadPoolExecutor(max_workers=1) as pool:
         wait_until_ready(base_url)
         running = pool.submit(post_try_on, base_url, try_on_parts(**SLOW))  # outlasts the wait
-        wait_for(base_url, lambda body: body["busy"])
+        wait_for_health(base_url, lambda body: body["busy"])
         started = time.perf_counter()
         response = post_try_on(base_url, try_on_parts(**FAST))
         waited = time.perf_counter() - started
@@ -213,12 +212,12 @@ def test_requests_still_uploading_count_toward_the_queue_bound(
     base_url, _ = queue_server
     uploads = [start_upload_and_stall(base_url) for _ in range(3)]
     try:
-        wait_for(base_url, lambda body: body["receiving"] == 3)
+        wait_for_health(base_url, lambda body: body["receiving"] == 3)
         refused = post_try_on(base_url, try_on_parts(**FAST), timeout=10)
         assert_envelope(refused, 503, "gpu_busy", "3 requests are already waiting")
         assert int(refused.headers["Retry-After"]) > 0
     finally:
         for upload in uploads:
             upload.close()
-    wait_for(base_url, lambda body: body["receiving"] == 0)
+    wait_for_health(base_url, lambda body: body["receiving"] == 0)
     assert post_try_on(base_url, try_on_parts(**FAST)).status_code == 200

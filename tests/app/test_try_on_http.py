@@ -12,6 +12,7 @@ import httpx
 import pillow_heif
 import pytest
 from http_helpers import (
+    FAST,
     TINY_SIZE,
     assert_envelope,
     image_bytes,
@@ -21,8 +22,6 @@ from http_helpers import (
 from PIL import Image
 
 from app.observe.logs import RequestIdLogFilter
-
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}  # the API's minimum: seconds on CPU
 
 
 def decode_result(body: dict) -> Image.Image:
