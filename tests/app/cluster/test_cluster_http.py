@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_replica_running
-from http_helpers import assert_envelope, post_try_on, try_on_parts
+from http_helpers import FAST, assert_envelope, post_try_on, try_on_parts
 from jobs_helpers import JOBS, document, masked_parts, submit, wait_for_job
 from test_try_on_http import (  # noqa: F401  (collected here, against the cluster)
     test_a_body_that_is_not_multipart_gets_422,
@@ -33,9 +33,7 @@ from test_try_on_http import (  # noqa: F401  (collected here, against the clust
 
 from app.cluster.registry import HEARTBEAT_S
 
-FAST = {"num_inference_steps": "10", "guidance_scale": "1.0"}
 SLOWER = {"num_inference_steps": "30", "guidance_scale": "1.0"}
-SLOW = {"num_inference_steps": "100", "guidance_scale": "1.0"}
 HOLD = {"num_inference_steps": "100", "guidance_scale": "7.5"}  # the longest try-on there is
 
 
