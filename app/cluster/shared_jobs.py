@@ -26,7 +26,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.errors import JobExpiredError, JobNotFoundError, WorkerStoppedError
+from app.errors import (
+    JobExpiredError,
+    JobNotFoundError,
+    ServiceError,
+    ShuttingDownError,
+    WorkerStoppedError,
+)
 from app.jobs.records import JobRecord
 from app.jobs.runner import JobRunner, job_error
 
@@ -38,31 +44,67 @@ LEASE_PREFIX = "catvton:ingress:"  # + replica id: its lease (its pid, for opera
 LEASE_S = 10  # an ingress replica silent this long is gone
 RENEW_S = 1.0  # how often a live one renews its lease and sweeps
 QUEUED_CANCEL_WAIT_S = 2.0
+DRAIN_POLL_S = 0.1
 LISTEN_RETRY_S = 1.0
+
+
+def failed(error: ServiceError) -> dict[str, Any]:
+    """A job record's final change for a job that ends with `error`."""
+    return {
+        "status": "failed",
+        "stage": None,
+        "queue_position": None,
+        "eta_at": None,
+        "error": job_error(error),
+    }
 
 
 class SharedJobRunner(JobRunner):
     """`JobRunner` whose cancels and deletes reach the replica driving the job, via Redis, and
     whose jobs end `failed` if that replica dies (see the module docstring)."""
 
-    def __init__(self, redis: Redis, replica_id: str, *args: object, **kwargs: object) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        replica_id: str,
+        *args: object,
+        drain_timeout: float = 30.0,
+        **kwargs: object,
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._redis = redis
         self.replica_id = replica_id
+        self.drain_timeout = drain_timeout
         self._renewing_since: float | None = None  # monotonic time of the first renewal in a row
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """For the app's lifespan: hear cancels, renew the lease and sweep, until the end."""
+        """For the app's lifespan: hear cancels, renew the lease and sweep; at the end (Serve
+        stops this replica: a rolling update, a scale-down) drain this replica's jobs."""
         tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._keep_lease())]
         try:
             yield
+            await self.drain()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):  # a graceful stop: sweepers need not wait
                 await self._redis.delete(LEASE_PREFIX + self.replica_id)
+
+    async def drain(self) -> None:
+        """As the single process on SIGTERM: no new work; this replica's queued and running jobs
+        get `drain_timeout` seconds; what is left then fails `shutting_down`."""
+        self.worker.begin_drain()
+        deadline = time.monotonic() + self.drain_timeout
+        while self._drivers and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        for job_id, driver in list(self._drivers.items()):
+            driver.cancel()  # it records nothing more: the job's end is written here
+            self.worker.cancel(self._work[job_id])  # a replica running it stops at the next step
+            stopped = ShuttingDownError("the job did not finish before this replica stopped")
+            with contextlib.suppress(JobNotFoundError, JobExpiredError):
+                await self.store.finish(job_id, **failed(stopped))
 
     async def submit(self, *args: Any, **kwargs: Any) -> tuple[JobRecord, bool]:
         """As `JobRunner.submit`, noting this replica as the job's driver."""
@@ -163,14 +205,7 @@ class SharedJobRunner(JobRunner):
             if record.final:
                 return
             stopped = WorkerStoppedError("the ingress replica holding this job stopped")
-            await self.store.finish(
-                job_id,
-                status="failed",
-                stage=None,
-                queue_position=None,
-                eta_at=None,
-                error=job_error(stopped),
-            )
+            await self.store.finish(job_id, **failed(stopped))
         except (JobNotFoundError, JobExpiredError):
             return
         logger.warning("job %s failed: the ingress replica driving it stopped", job_id)
