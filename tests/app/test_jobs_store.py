@@ -1,8 +1,11 @@
-"""The in-memory job store: atomic idempotency claims, watchers, retention by TTL and caps."""
+"""The `JobStore` contract (app/jobs/store.py), kept by the in-memory store and by the Redis one
+(app/cluster/redis_jobs.py, on a real redis-server): atomic idempotency claims, watchers,
+retention by TTL and caps, also between two store objects on one Redis (two replicas)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -27,6 +30,42 @@ class Clock:
         return self.now
 
 
+NewStore = Callable[..., JobStore]  # (clock, **caps) -> a replica's store
+
+
+@pytest.fixture(params=["memory", "redis"])
+def new_store(request: pytest.FixtureRequest) -> NewStore:
+    """Makes a replica's store: for Redis a new store object and client on this test's (flushed)
+    db at each call; in memory the one process's store, the same object at each call."""
+
+    def options(caps: dict[str, int]) -> dict[str, int]:
+        return {"ttl_s": 900, "max_bytes": 1000, "max_jobs": 10, **caps}
+
+    if request.param == "redis":
+        open_client = request.getfixturevalue("redis_clients")
+        from app.cluster.redis_jobs import RedisJobStore  # here: collection must not need redis
+
+        return lambda clock, **caps: RedisJobStore(open_client(), clock=clock, **options(caps))
+    stores: list[InMemoryJobStore] = []
+
+    def the_process_store(clock: Clock, **caps: int) -> InMemoryJobStore:
+        if not stores:
+            stores.append(InMemoryJobStore(clock=clock, **options(caps)))
+        return stores[0]
+
+    return the_process_store
+
+
+async def result_bytes(store: JobStore) -> int:
+    """The bytes of the results kept (not in the interface: a property in memory)."""
+    return store.result_bytes if isinstance(store, InMemoryJobStore) else await store.result_bytes()
+
+
+async def count(store: JobStore) -> int:
+    """The records kept (not in the interface: `len` in memory)."""
+    return len(store) if isinstance(store, InMemoryJobStore) else await store.count()
+
+
 def make_record(clock: Clock, **fields: object) -> JobRecord:
     values: dict[str, object] = {
         "job_id": new_job_id(),
@@ -45,44 +84,44 @@ def result_of(size: int) -> EncodedResult:
     return EncodedResult(image=image, mask=mask, seed=1)
 
 
-def new_store(clock: Clock, **caps: int) -> InMemoryJobStore:
-    options = {"ttl_s": 900, "max_bytes": 1000, "max_jobs": 10, **caps}
-    return InMemoryJobStore(clock=clock, **options)
-
-
 async def watch_in_background(
     store: JobStore, job_id: str
 ) -> tuple[asyncio.Task[None], list[JobRecord]]:
     """A task collecting every record `store.watch(job_id)` yields, and that (growing) list;
-    the task has had one turn of the loop to start watching before the test changes the job."""
+    returns once the watcher has the current record, so the test's changes all come after it."""
     seen: list[JobRecord] = []
+    first_seen = asyncio.Event()
 
     async def collect() -> None:
         async for current in store.watch(job_id):
             seen.append(current)
+            first_seen.set()
 
     watcher = asyncio.create_task(collect())
-    await asyncio.sleep(0)
+    await asyncio.wait_for(first_seen.wait(), 5)
     return watcher, seen
 
 
-async def test_a_record_is_stored_updated_and_versioned() -> None:
+async def test_a_record_is_stored_updated_versioned_and_seen_by_another_replica(
+    new_store: NewStore,
+) -> None:
     clock = Clock()
-    store = new_store(clock)
+    store, other = new_store(clock), new_store(clock)
     record, created = await store.create(make_record(clock))
     assert created
-    updated = await store.update(record.job_id, status="running", stage="denoising", step=3)
+    updated = await other.update(record.job_id, status="running", stage="denoising", step=3)
     assert (updated.status, updated.step, updated.version) == ("running", 3, 1)
     assert await store.get(record.job_id) == updated
     assert record.status == "queued"  # snapshots are never changed in place
     finished = await store.finish(record.job_id, result_of(10), status="succeeded", stage=None)
     assert finished.expires_at == clock.now + 900
-    assert (await store.result(record.job_id)).image.data == b"i" * 10
+    result = await other.result(record.job_id)
+    assert result is not None and result.image.data == b"i" * 10 and result.seed == 1
     await store.create(make_record(clock))
-    assert await store.counts() == {"succeeded": 1, "queued": 1}
+    assert await other.counts() == {"succeeded": 1, "queued": 1}
 
 
-async def test_unknown_ids_raise_not_found() -> None:
+async def test_unknown_ids_raise_not_found(new_store: NewStore) -> None:
     store = new_store(Clock())
     for call in (store.get, store.result, store.delete):
         with pytest.raises(JobNotFoundError):
@@ -91,23 +130,30 @@ async def test_unknown_ids_raise_not_found() -> None:
         await store.update("nope", step=1)
 
 
-async def test_the_same_idempotency_key_makes_one_job_per_client() -> None:
+async def test_one_idempotency_key_makes_one_job_per_client_across_replicas(
+    new_store: NewStore,
+) -> None:
     clock = Clock()
-    store = new_store(clock)
+    store, other = new_store(clock), new_store(clock)
     first = make_record(clock, idempotency_key="k", fingerprint="a")
     second = make_record(clock, idempotency_key="k", fingerprint="b")
+    results = await asyncio.gather(store.create(first), other.create(second))
+    assert sorted(created for _, created in results) == [False, True]
+    winner = next(record for record, created in results if created)
+    assert all(record == winner for record, _ in results)  # the caller compares fingerprints
+    if isinstance(store, InMemoryJobStore):  # one process: the first call to run claims it
+        assert winner == first
     other_client = make_record(clock, idempotency_key="k", client="10.0.0.2")
-    results = await asyncio.gather(store.create(first), store.create(second))
-    assert [created for _, created in results] == [True, False]
-    assert results[1][0] == first  # the existing job: the caller compares fingerprints
     assert (await store.create(other_client))[1]  # keys are scoped per client
-    assert await store.claimed("127.0.0.1", "k") == first
-    assert await store.claimed("127.0.0.1", "other") is None
-    await store.delete(first.job_id)  # the key lives as long as the record
-    assert (await store.create(make_record(clock, idempotency_key="k")))[1]
+    assert await other.claimed("127.0.0.1", "k") == winner
+    assert await other.claimed("127.0.0.1", "other") is None
+    await store.delete(winner.job_id)  # the key lives as long as the record
+    assert (await other.create(make_record(clock, idempotency_key="k")))[1]
 
 
-async def test_finished_jobs_expire_after_the_ttl_then_answer_410_for_a_day_then_404() -> None:
+async def test_finished_jobs_expire_after_the_ttl_then_answer_410_for_a_day_then_404(
+    new_store: NewStore,
+) -> None:
     clock = Clock()
     store = new_store(clock)
     record, _ = await store.create(make_record(clock))
@@ -117,15 +163,17 @@ async def test_finished_jobs_expire_after_the_ttl_then_answer_410_for_a_day_then
     clock.now += 2
     with pytest.raises(JobExpiredError):
         await store.get(record.job_id)
-    assert store.result_bytes == 0
+    assert await result_bytes(store) == 0
     clock.now += TOMBSTONE_S
     with pytest.raises(JobNotFoundError):
         await store.get(record.job_id)
 
 
-async def test_the_byte_cap_evicts_the_oldest_finished_never_an_active_job() -> None:
+async def test_the_byte_cap_evicts_the_oldest_finished_never_an_active_job(
+    new_store: NewStore,
+) -> None:
     clock = Clock()
-    store = new_store(clock, max_bytes=250)
+    store = new_store(clock, max_bytes=250, max_jobs=5)
     active, _ = await store.create(make_record(clock))
     finished = []
     for _ in range(3):
@@ -137,7 +185,7 @@ async def test_the_byte_cap_evicts_the_oldest_finished_never_an_active_job() -> 
         await store.get(finished[0])
     assert [(await store.get(job_id)).status for job_id in finished[1:]] == ["succeeded"] * 2
     assert (await store.get(active.job_id)).status == "queued"
-    assert store.result_bytes == 200
+    assert await result_bytes(store) == 200
     # A result over the whole cap evicts every other finished job but is itself kept.
     big, _ = await store.create(make_record(clock))
     await store.finish(big.job_id, result_of(1000), status="succeeded")
@@ -146,9 +194,14 @@ async def test_the_byte_cap_evicts_the_oldest_finished_never_an_active_job() -> 
         with pytest.raises(JobExpiredError):
             await store.get(job_id)
     assert (await store.get(active.job_id)).status == "queued"
+    for _ in range(5):  # the count cap: only finished jobs go, so active ones pile up past it
+        await store.create(make_record(clock))
+    assert (await store.get(active.job_id)).status == "queued"
+    assert await count(store) == 6
+    assert await store.counts() == {"queued": 6}  # the finished one made room
 
 
-async def test_the_count_cap_evicts_finished_jobs_only() -> None:
+async def test_the_count_cap_evicts_finished_jobs_only(new_store: NewStore) -> None:
     clock = Clock()
     store = new_store(clock, max_jobs=3)
     done, _ = await store.create(make_record(clock))
@@ -156,12 +209,12 @@ async def test_the_count_cap_evicts_finished_jobs_only() -> None:
     active = [(await store.create(make_record(clock)))[0] for _ in range(3)]
     with pytest.raises(JobExpiredError):
         await store.get(done.job_id)
-    assert len(store) == 3
+    assert await count(store) == 3
     await store.create(make_record(clock))  # nothing finished to evict: active jobs stay
     assert [(await store.get(record.job_id)).status for record in active] == ["queued"] * 3
 
 
-async def test_deleted_jobs_are_forgotten_at_once() -> None:
+async def test_deleted_jobs_are_forgotten_at_once(new_store: NewStore) -> None:
     clock = Clock()
     store = new_store(clock)
     record, _ = await store.create(make_record(clock))
@@ -169,30 +222,33 @@ async def test_deleted_jobs_are_forgotten_at_once() -> None:
     await store.delete(record.job_id)
     with pytest.raises(JobNotFoundError):
         await store.get(record.job_id)
-    assert store.result_bytes == 0
+    assert await result_bytes(store) == 0
 
 
-async def test_watch_yields_the_current_record_then_each_change_until_final() -> None:
+async def test_watch_on_one_replica_yields_every_change_another_makes_until_final(
+    new_store: NewStore,
+) -> None:
     clock = Clock()
-    store = new_store(clock)
+    store, other = new_store(clock), new_store(clock)
     record, _ = await store.create(make_record(clock))
     watcher, seen = await watch_in_background(store, record.job_id)
-    for step in range(1, 4):
-        await store.update(record.job_id, step=step)
-        await asyncio.sleep(0)
-    await store.finish(record.job_id, status="succeeded")
-    await asyncio.wait_for(watcher, 1)
+    for step in range(1, 4):  # faster than the watcher reads: it still gets every version
+        await other.update(record.job_id, step=step)
+    await other.finish(record.job_id, status="succeeded")
+    await asyncio.wait_for(watcher, 5)
     assert [current.version for current in seen] == [0, 1, 2, 3, 4]
     assert seen[-1].final
 
 
-async def test_watch_ends_when_the_job_is_forgotten_and_refuses_unknown_ids() -> None:
+async def test_watch_ends_when_the_job_is_forgotten_and_refuses_unknown_ids(
+    new_store: NewStore,
+) -> None:
     clock = Clock()
-    store = new_store(clock)
+    store, other = new_store(clock), new_store(clock)
     record, _ = await store.create(make_record(clock))
     watcher, seen = await watch_in_background(store, record.job_id)
-    await store.delete(record.job_id)
-    await asyncio.wait_for(watcher, 1)
+    await other.delete(record.job_id)
+    await asyncio.wait_for(watcher, 5)
     assert len(seen) == 1 and not seen[-1].final
     with pytest.raises(JobNotFoundError):
         async for _ in store.watch(record.job_id):

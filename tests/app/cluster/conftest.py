@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,15 +18,13 @@ from collections.abc import Iterator
 
 import pytest
 from cluster_helpers import DEMO_SCRIPT, QUEUE_BOUND, START_TIMEOUT_S, Cluster, free_port
+from redis_helpers import redis_missing
 
 
 def cluster_missing() -> str | None:
-    if shutil.which("redis-server") is None:
-        return "redis-server not installed (apt-get install redis-server)"
-    for module in ("ray", "redis"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} not installed (pip install -r requirements-cluster.txt)"
-    return None
+    if importlib.util.find_spec("ray") is None:
+        return "ray not installed (pip install -r requirements-cluster.txt)"
+    return redis_missing()
 
 
 MISSING = cluster_missing()
@@ -88,31 +84,6 @@ def cluster() -> Iterator[Cluster]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
         reader.join(10)
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A bare redis-server on a free loopback port (no persistence), for the store tests."""
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @pytest.fixture
