@@ -35,6 +35,7 @@ from app.settings import Settings
 # matters is the one in front of the try-on replicas (`max_queued_requests`).
 INGRESS_MAX_ONGOING_REQUESTS = 64
 INGRESS_CPUS = 0.5
+SHUTDOWN_MARGIN_S = 10.0  # for the ingress's last writes after its drain
 
 
 @serve.ingress()
@@ -74,7 +75,9 @@ class Ingress:
         app.add_exception_handler(RedisError, answer_redis_down)
         replica_id = serve.get_replica_context().replica_id.unique_id
         # Cancels and deletes reach the replica that drives the job; its death ends its jobs.
-        jobs = app.state.jobs = SharedJobRunner(redis, replica_id, store, worker, cache)
+        jobs = app.state.jobs = SharedJobRunner(
+            redis, replica_id, store, worker, cache, drain_timeout=settings.drain_timeout
+        )
         app_lifespan = app.router.lifespan_context
 
         @asynccontextmanager
@@ -109,6 +112,7 @@ def build_application(settings: ClusterSettings) -> Application:
             name="TryOn",
             max_ongoing_requests=1,
             max_queued_requests=settings.max_queued_requests,
+            graceful_shutdown_timeout_s=settings.drain_timeout,  # the try-on it is running
             health_check_period_s=settings.health_check_period_s,
             ray_actor_options={
                 "num_gpus": settings.gpus_per_replica,
@@ -124,6 +128,9 @@ def build_application(settings: ClusterSettings) -> Application:
             name="Ingress",
             num_replicas=settings.ingress_replicas,
             max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+            # Its requests, then its jobs (SharedJobRunner.drain) may finish; past it, Serve
+            # kills it, and its jobs' leases end them (worker_stopped).
+            graceful_shutdown_timeout_s=settings.drain_timeout + SHUTDOWN_MARGIN_S,
             ray_actor_options={"num_cpus": INGRESS_CPUS},
         )
         .bind(try_on, options, settings.max_queued_requests)

@@ -36,6 +36,7 @@ from app.errors import (
     ModelLoadFailedError,
     ModelsLoadingError,
     ServiceError,
+    ShuttingDownError,
     WorkerStoppedError,
 )
 from app.request_id import current_request_id
@@ -91,6 +92,7 @@ class RemoteWorker:
         self.max_queued_jobs = max_queued_jobs
         self.replicas: list[ReplicaReport] = []
         self.redis_status = "connecting"
+        self.draining = False  # Serve is stopping this ingress replica (SharedJobRunner.drain)
         self.started_at = time.monotonic()
         self._in_flight = 0  # synchronous calls handed to Serve, not yet answered
         self._waiting_jobs: list[QueuedWork] = []  # jobs not yet on a replica, in order
@@ -193,7 +195,13 @@ class RemoteWorker:
             return ModelLoadFailedError(reason or "unknown error")
         return None
 
+    def begin_drain(self) -> None:
+        """Take no new work (503 shutting_down); what this replica holds goes on."""
+        self.draining = True
+
     def check_accepting(self, door: Door = "sync") -> None:
+        if self.draining:
+            raise ShuttingDownError()
         if (reason := self.unavailable()) is not None:
             raise reason
         if door == "job" and len(self._waiting_jobs) >= self.max_queued_jobs:

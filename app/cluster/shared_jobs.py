@@ -34,7 +34,7 @@ from app.errors import (
     WorkerStoppedError,
 )
 from app.jobs.records import JobRecord
-from app.jobs.runner import JobRunner, job_error
+from app.jobs.runner import JobRunner, ignore_outcome, job_error
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ class SharedJobRunner(JobRunner):
             await asyncio.sleep(DRAIN_POLL_S)
         for job_id, driver in list(self._drivers.items()):
             driver.cancel()  # it records nothing more: the job's end is written here
-            self.worker.cancel(self._work[job_id])  # a replica running it stops at the next step
+            work = self._work[job_id]
+            self.worker.cancel(work)  # a replica running it stops at its next step
+            work.done.add_done_callback(ignore_outcome)
             stopped = ShuttingDownError("the job did not finish before this replica stopped")
             with contextlib.suppress(JobNotFoundError, JobExpiredError):
                 await self.store.finish(job_id, **failed(stopped))

@@ -129,7 +129,7 @@ class JobRunner:
         stored, created = await self.store.create(queued)
         if not created:  # the same key, sent twice at once: one job
             self.worker.cancel(work)
-            work.done.add_done_callback(_consume)
+            work.done.add_done_callback(ignore_outcome)
             return stored, False
         self._work[record.job_id] = work
         self._drivers[record.job_id] = asyncio.create_task(
@@ -187,7 +187,7 @@ class JobRunner:
             await self._conclude(job_id, work, timer, cache_key)
         except (JobNotFoundError, JobExpiredError):
             work.stop.set()  # deleted meanwhile: nobody wants the rest
-            work.done.add_done_callback(_consume)
+            work.done.add_done_callback(ignore_outcome)
         finally:
             self._work.pop(job_id, None)
             self._drivers.pop(job_id, None)
@@ -250,7 +250,7 @@ class JobRunner:
         )
 
 
-def _consume(future: asyncio.Future[Any]) -> None:
+def ignore_outcome(future: asyncio.Future[Any]) -> None:
     """Retrieve an unwanted outcome, so asyncio does not log it as never retrieved."""
     if not future.cancelled():
         future.exception()

@@ -17,9 +17,8 @@ The contract every implementation keeps:
   `JobExpiredError` (410) for `TOMBSTONE_S` seconds, then `JobNotFoundError` (404); a deleted
   id is forgotten at once (404).
 - `watch` yields the current record, then each newer one in order, and ends after a final record,
-  or when the job is forgotten (the last record yielded is then not final). An implementation may
-  let a slow watcher skip intermediate versions, never go back to an older one (Redis: pub/sub on
-  the job's channel); the in-memory one delivers every version.
+  or when the job is forgotten (the last record yielded is then not final). Every watcher gets
+  every version (the Redis store keeps them in a stream per job).
 """
 
 from __future__ import annotations

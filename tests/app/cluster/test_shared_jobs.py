@@ -1,0 +1,101 @@
+"""An ingress replica's job runner when Serve stops the replica (a rolling update, a scale-down):
+its jobs finish within the drain timeout, or fail `shutting_down`, recorded in the shared store.
+
+The real parts, in one process: the single process's `InferenceWorker` on tiny weights (the same
+`InferenceQueue` surface the ingress's remote worker has), the Redis job store on a real
+redis-server, and the runner's lifespan (`running()`) entered and left as Serve's would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from pathlib import Path
+
+import pytest
+from http_helpers import tiny_settings
+from PIL import Image
+
+from app.cluster.redis_jobs import RedisJobStore
+from app.cluster.shared_jobs import LEASE_PREFIX, SharedJobRunner
+from app.errors import ShuttingDownError
+from app.intake import TryOnImages
+from app.jobs.records import JobRecord
+from app.schemas import TryOnOptions
+from app.stages import StageTimer
+from app.work import TryOnJob
+from app.worker import InferenceWorker, load_models
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def worker(tiny_weights: Path) -> AsyncIterator[InferenceWorker]:
+    settings = tiny_settings(tiny_weights)
+    loaded = InferenceWorker(partial(load_models, settings), queue_size=4, max_queued_jobs=4)
+    loaded.start()
+    while loaded.state == "loading":
+        await asyncio.sleep(0.05)
+    assert loaded.state == "ok", loaded.error
+    yield loaded
+    await asyncio.to_thread(loaded.stop)
+
+
+def try_on(worker: InferenceWorker, steps: int) -> TryOnJob:
+    width, height = worker.size
+    person = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    options = TryOnOptions(num_inference_steps=steps, guidance_scale=1.0, seed=1)
+    return TryOnJob(images=TryOnImages(person, person.copy(), mask), options=options)
+
+
+async def submit(runner: SharedJobRunner, worker: InferenceWorker, steps: int) -> JobRecord:
+    record = runner.new_record(
+        client="phone-app",
+        request_id=f"drain-{steps}",
+        options=TryOnOptions(num_inference_steps=steps),
+        idempotency_key=None,
+        fingerprint=None,
+    )
+    stored, created = await runner.submit(
+        record, try_on(worker, steps), timer=StageTimer(), cache_key=None
+    )
+    assert created
+    return stored
+
+
+async def test_a_stopping_replica_finishes_its_jobs_within_the_drain_timeout(
+    worker: InferenceWorker, redis_clients: Callable
+) -> None:
+    redis = redis_clients()
+    store = RedisJobStore(redis, ttl_s=900, max_bytes=10**8, max_jobs=100)
+    runner = SharedJobRunner(redis, "ingress-a", store, worker, drain_timeout=120)
+    async with runner.running():
+        jobs = [await submit(runner, worker, steps) for steps in (10, 12)]  # one runs, one waits
+    for job in jobs:
+        assert (await store.get(job.job_id)).status == "succeeded"
+    with pytest.raises(ShuttingDownError), worker.admission("job"):
+        pass  # the drain takes no new work
+
+
+async def test_what_the_drain_timeout_does_not_cover_fails_shutting_down(
+    worker: InferenceWorker, redis_clients: Callable
+) -> None:
+    redis = redis_clients()
+    store = RedisJobStore(redis, ttl_s=900, max_bytes=10**8, max_jobs=100)
+    runner = SharedJobRunner(redis, "ingress-b", store, worker, drain_timeout=0.2)
+    async with runner.running():
+        job = await submit(runner, worker, 100)
+        while (await store.get(job.job_id)).status != "running":
+            await asyncio.sleep(0.02)
+    final = await store.get(job.job_id)
+    assert final.status == "failed" and final.error is not None, final
+    assert final.error.code == "shutting_down"
+    assert await redis.exists(LEASE_PREFIX + "ingress-b") == 0  # its lease went with it
