@@ -9,9 +9,13 @@ id. A set of ids lets readers fetch all reports with one MGET instead of scannin
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 from redis.asyncio import Redis
+
+from app.cluster.redis_client import describe_failure
 
 HEARTBEAT_S = 1.0
 REPORT_TTL_S = 4
@@ -62,3 +66,46 @@ class ReplicaRegistry:
         if expired:
             await self._redis.srem(IDS_KEY, *expired)
         return [json.loads(value) for value in values if value is not None]
+
+
+class ReplicaView:
+    """What one ingress replica knows of the try-on replicas: the reports it last read.
+
+    A report counts until `REPORT_TTL_S` after this view last read it, and a Redis outage does not
+    age it: after Redis restarts (with the reports expired meanwhile) the replicas report again
+    within a heartbeat, and until then the view keeps them instead of answering "no try-on replica
+    is ready" to every client. A dead replica leaves the view `REPORT_TTL_S` after its last
+    report expired in Redis.
+    """
+
+    def __init__(
+        self, registry: ReplicaRegistry, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._registry = registry
+        self._clock = clock
+        self._seen: dict[str, tuple[ReplicaReport, float]] = {}  # id -> report, when read
+        self.replicas: list[ReplicaReport] = []  # sorted by id
+        self.redis_status = "connecting"  # ok, or why Redis could not be read
+
+    async def refresh(self) -> None:
+        """Read the reports; while Redis is down keep the last ones and say why."""
+        try:
+            reports = await self._registry.read()
+        except Exception as exc:
+            self.unreadable(exc)
+        else:
+            self.read(reports)
+
+    def unreadable(self, exc: Exception) -> None:
+        self.redis_status = describe_failure(exc)
+
+    def read(self, reports: list[ReplicaReport]) -> None:
+        now = self._clock()
+        if self.redis_status != "ok":  # back from an outage: what it knew did not age meanwhile
+            self._seen = {key: (report, now) for key, (report, _) in self._seen.items()}
+        self.redis_status = "ok"
+        self._seen.update((report["id"], (report, now)) for report in reports)
+        self._seen = {
+            key: seen for key, seen in self._seen.items() if now - seen[1] <= REPORT_TTL_S
+        }
+        self.replicas = [self._seen[key][0] for key in sorted(self._seen)]

@@ -27,8 +27,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from app.cluster.redis_client import describe_failure
-from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport
+from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport, ReplicaView
 from app.errors import (
     ClientDisconnectedError,
     GPUBusyError,
@@ -87,11 +86,9 @@ class RemoteWorker:
         max_queued_jobs: int,
     ) -> None:
         self._try_on = try_on
-        self._registry = registry
+        self._view = ReplicaView(registry)
         self.queue_capacity = queue_capacity  # Serve's max_queued_requests, per ingress replica
         self.max_queued_jobs = max_queued_jobs
-        self.replicas: list[ReplicaReport] = []
-        self.redis_status = "connecting"
         self.draining = False  # Serve is stopping this ingress replica (SharedJobRunner.drain)
         self.started_at = time.monotonic()
         self._in_flight = 0  # synchronous calls handed to Serve, not yet answered
@@ -122,17 +119,16 @@ class RemoteWorker:
 
     async def _watch_replicas(self) -> None:
         while True:
-            await self.refresh()
+            await self._view.refresh()
             await asyncio.sleep(HEARTBEAT_S / 2)
 
-    async def refresh(self) -> None:
-        """Read the replicas' reports; while Redis is down keep the last ones and say why."""
-        try:
-            self.replicas = await self._registry.read()
-        except Exception as exc:
-            self.redis_status = describe_failure(exc)
-        else:
-            self.redis_status = "ok"
+    @property
+    def replicas(self) -> list[ReplicaReport]:
+        return self._view.replicas
+
+    @property
+    def redis_status(self) -> str:
+        return self._view.redis_status
 
     # -- state, for admission and /health --------------------------------------------------------
 

@@ -162,6 +162,9 @@ def test_finished_jobs_survive_a_redis_restart(cluster: Cluster) -> None:
     assert response.headers["Retry-After"] == "5"
     cluster.start_redis(folder)
     cluster.wait_for_health(lambda body: body["redis"] == "ok", timeout=30)
+    for _ in range(ATTEMPTS):  # every ingress replica still knows the replicas are ready
+        fresh = submit(cluster.url, masked_parts(seed="-1", **FAST))
+        assert fresh.status_code == 202, fresh.text
     assert wait_final(cluster.url, job_id)["status"] == "succeeded"
     again = httpx.get(f"{cluster.url}{done['result']['imageUrl']}", timeout=10)
     assert again.content == image, again.text[:300]
@@ -173,6 +176,7 @@ def test_a_job_whose_ingress_replica_dies_fails_instead_of_running_forever(
     cluster: Cluster,
 ) -> None:
     response = submit(cluster.url, masked_parts(seed="-1", **SLOW))
+    assert response.status_code == 202, response.text
     job_id, driver = response.json()["jobId"], response.headers[SERVED_BY_HEADER]
     wait_for_job(cluster.url, job_id, lambda body: body["status"] == "running")
     redis = cluster.redis()
