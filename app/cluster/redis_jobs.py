@@ -15,7 +15,6 @@ claim, forget) or as a WATCH/MULTI transaction (update, finish). Expiry is lazy 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -100,20 +99,9 @@ def versions_key(job_id: str) -> str:
 class RedisJobStore(JobStore):
     """The `JobStore` contract (app/jobs/store.py) over one Redis shared by all replicas."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        *,
-        ttl_s: float,
-        max_bytes: int,
-        max_jobs: int,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.ttl_s = ttl_s
-        self.max_bytes = max_bytes
-        self.max_jobs = max_jobs
+    def __init__(self, redis: Redis, **retention: Any) -> None:
+        super().__init__(**retention)
         self._redis = redis
-        self._clock = clock
         self._create = redis.register_script(CREATE_SCRIPT)
         self._forget_script = redis.register_script(FORGET_SCRIPT)
 

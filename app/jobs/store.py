@@ -39,7 +39,24 @@ MAX_TOMBSTONES = 100_000  # ~10 MB of ids; beyond it the oldest answer 404 inste
 
 
 class JobStore(ABC):
-    """Job records, their results and the Idempotency-Key claims (see the module docstring)."""
+    """Job records, their results and the Idempotency-Key claims (see the module docstring).
+
+    Every implementation keeps the same retention: `ttl_s` after a job is final, at most
+    `max_bytes` of results and `max_jobs` records, by `clock` (seconds since the epoch).
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl_s: float,
+        max_bytes: int,
+        max_jobs: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self.max_jobs = max_jobs
+        self._clock = clock
 
     @abstractmethod
     async def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
@@ -95,18 +112,8 @@ class InMemoryJobStore(JobStore):
     finish order, so this is O(expired)), so no background task is needed.
     """
 
-    def __init__(
-        self,
-        *,
-        ttl_s: float,
-        max_bytes: int,
-        max_jobs: int,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.ttl_s = ttl_s
-        self.max_bytes = max_bytes
-        self.max_jobs = max_jobs
-        self._clock = clock
+    def __init__(self, **retention: Any) -> None:
+        super().__init__(**retention)
         self._records: dict[str, JobRecord] = {}
         self._results: dict[str, EncodedResult] = {}
         self._result_bytes = 0

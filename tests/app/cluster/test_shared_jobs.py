@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from http_helpers import tiny_settings
 from PIL import Image
+from redis.asyncio import Redis
 
 from app.cluster.redis_jobs import RedisJobStore
 from app.cluster.shared_jobs import LEASE_PREFIX, SharedJobRunner
@@ -71,12 +72,17 @@ async def submit(runner: SharedJobRunner, worker: InferenceWorker, steps: int) -
     return stored
 
 
-async def test_a_stopping_replica_finishes_its_jobs_within_the_drain_timeout(
-    worker: InferenceWorker, redis_clients: Callable
-) -> None:
-    redis = redis_clients()
+def new_runner(
+    redis: Redis, worker: InferenceWorker, replica_id: str, drain_timeout: float
+) -> tuple[SharedJobRunner, RedisJobStore]:
     store = RedisJobStore(redis, ttl_s=900, max_bytes=10**8, max_jobs=100)
-    runner = SharedJobRunner(redis, "ingress-a", store, worker, drain_timeout=120)
+    return SharedJobRunner(redis, replica_id, store, worker, drain_timeout=drain_timeout), store
+
+
+async def test_a_stopping_replica_finishes_its_jobs_within_the_drain_timeout(
+    worker: InferenceWorker, redis_clients: Callable[[], Redis]
+) -> None:
+    runner, store = new_runner(redis_clients(), worker, "ingress-a", drain_timeout=120)
     async with runner.running():
         jobs = [await submit(runner, worker, steps) for steps in (10, 12)]  # one runs, one waits
     for job in jobs:
@@ -86,11 +92,10 @@ async def test_a_stopping_replica_finishes_its_jobs_within_the_drain_timeout(
 
 
 async def test_what_the_drain_timeout_does_not_cover_fails_shutting_down(
-    worker: InferenceWorker, redis_clients: Callable
+    worker: InferenceWorker, redis_clients: Callable[[], Redis]
 ) -> None:
     redis = redis_clients()
-    store = RedisJobStore(redis, ttl_s=900, max_bytes=10**8, max_jobs=100)
-    runner = SharedJobRunner(redis, "ingress-b", store, worker, drain_timeout=0.2)
+    runner, store = new_runner(redis, worker, "ingress-b", drain_timeout=0.2)
     async with runner.running():
         job = await submit(runner, worker, 100)
         while (await store.get(job.job_id)).status != "running":
