@@ -27,13 +27,14 @@ from app.intake import Intake
 from app.jobs import routes as jobs_routes
 from app.jobs.runner import JobRunner
 from app.jobs.store import InMemoryJobStore, JobStore
+from app.models import load_models
 from app.observe import routes as observe_routes
 from app.observe.metrics import ServiceMetrics
 from app.observe.middleware import RequestObserver
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import docs, health, page, try_on
 from app.settings import Settings
-from app.worker import InferenceWorker, load_models
+from app.worker import InferenceWorker
 
 
 def create_app(

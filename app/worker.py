@@ -1,10 +1,11 @@
 """The only service code touching the device: background loading, a bounded queue, one consumer.
 
-One thread owns the device for the life of the process. It first loads the models (meanwhile the
-HTTP server answers `/health` with "loading", and a failed load leaves a reason, not a dead
-process), then takes try-on jobs one at a time from a bounded FIFO queue. One thread rather than a
-lock: two inferences can never overlap, the order is first come first served, and a request that
-cannot be served soon is told so at once (503) instead of piling up behind a lock.
+One thread owns the device for the life of the process. It first loads the models (app/models.py
+says what and how; meanwhile the HTTP server answers `/health` with "loading", and a failed load
+leaves a reason, not a dead process), then takes try-on jobs one at a time from a bounded FIFO
+queue. One thread rather than a lock: two inferences can never overlap, the order is first come
+first served, and a request that cannot be served soon is told so at once (503) instead of piling
+up behind a lock.
 
 Both doors share this one FIFO: a synchronous request awaits its work (`run`), a job hands its
 work in and leaves (`submit`), hearing about it through a `WorkListener` and stopping it with
@@ -22,8 +23,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +39,7 @@ from app.errors import (
     WorkerStoppedError,
 )
 from app.estimates import StepTimes
-from app.settings import Settings
+from app.models import Models, ProgressCallback
 from app.work import (
     Door,
     QueuedWork,
@@ -50,95 +49,13 @@ from app.work import (
     WorkListener,
     describe_model,
 )
-from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.errors import CatVTONError, InferenceCanceledError
-from catvton.loading import default_size
-from catvton.masking import AutoMasker, load_automasker
-from catvton.tiny import TINY_SIZE, write_tiny_weights
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[str], None]
-WARM_UP_STEPS = 2
 # Called on the device thread after each inference: outcome (ok, out_of_memory, error) and seconds
 # per stage, "total" included (app.observe.metrics records them).
 InferenceListener = Callable[[str, Mapping[str, float]], None]
-
-
-@dataclass(frozen=True)
-class Models:
-    pipeline: CatVTONPipeline
-    masker: AutoMasker
-    # Demo mode: the production size the tiny model's results are upscaled to, so that an app
-    # developer sees real image dimensions, byte sizes and aspect ratio. None: the pipeline's size.
-    answer_size: tuple[int, int] | None = None
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        """(W, H) of every result image."""
-        return self.answer_size or self.pipeline.size
-
-
-def load_models(settings: Settings, progress: ProgressCallback) -> Models:
-    """Resolve and load the pipeline and the masker as `settings` says; `progress` names each step.
-
-    Raises WeightsNotFoundError / CheckpointMismatchError (and whatever torch raises) unchanged:
-    the worker turns them into the reason /health reports.
-    """
-    weights_dir, size, answer_size = settings.weights_dir, settings.working_size, None
-    if settings.demo:
-        progress(f"writing tiny demo weights to {settings.demo_dir}")
-        logger.warning("DEMO MODE: tiny random weights in %s; results are noise", settings.demo_dir)
-        weights_dir = write_tiny_weights(Path(settings.demo_dir))
-        if size is None:
-            # The tiny networks' attention is full-resolution: 768x1024 would take minutes on a
-            # CPU. They run at 96x128 and the result is upscaled to the production size.
-            size, answer_size = TINY_SIZE, default_size(settings.attention_version)
-            logger.warning(
-                "DEMO MODE: the tiny model runs at %dx%d; answers are upscaled to %dx%d",
-                *size,
-                *answer_size,
-            )
-    progress("resolving weights")
-    sources = WeightSources(
-        weights_dir=weights_dir,
-        base_model=settings.base_model,
-        vae=settings.vae,
-        catvton=settings.catvton,
-        attention_version=settings.attention_version,
-    )
-    resolved = sources.resolve(require_masker=True)  # every missing file named before any load
-    progress("loading the diffusion pipeline")
-    pipeline = load_pipeline(resolved, device=settings.device, dtype=settings.dtype, size=size)
-    progress("loading the AutoMasker")
-    masker = load_automasker(
-        resolved.catvton_dir,
-        device=settings.masker_device or pipeline.device,
-        dtype=settings.masker_dtype,
-    )
-    models = Models(pipeline=pipeline, masker=masker, answer_size=answer_size)
-    if settings.warm_up == "on" or (settings.warm_up == "auto" and pipeline.device.type == "cuda"):
-        progress("warming up")
-        started = time.perf_counter()
-        warm_up(models)
-        logger.info("warm-up done in %.1f s", time.perf_counter() - started)
-    return models
-
-
-def warm_up(models: Models) -> None:
-    """The masker once and a short inference at the working size, on plain synthetic images.
-
-    On CUDA the first call of each kernel pays for lazy initialisation (module loading, cuDNN and
-    cuBLAS autotuning, the caching allocator's first blocks): seconds that the first user would
-    otherwise wait. Guidance above 1 so the batched (conditional + unconditional) pass runs too.
-    """
-    size = models.pipeline.size
-    person_image = Image.new("RGB", size, (128, 128, 128))
-    cloth_image = Image.new("RGB", size, (200, 60, 60))
-    mask_image = models.masker(person_image, "upper").mask
-    models.pipeline(
-        person_image, cloth_image, mask_image, num_inference_steps=WARM_UP_STEPS, guidance_scale=2.5
-    )
 
 
 class InferenceWorker:

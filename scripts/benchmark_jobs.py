@@ -38,7 +38,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 from benchmark_service import jpeg_bytes, synthetic_photo  # noqa: E402
 from http_helpers import multipart, serve, tiny_settings, wait_until_ready  # noqa: E402
 
-from app.worker import InferenceWorker, load_models  # noqa: E402
+from app.models import load_models  # noqa: E402
+from app.worker import InferenceWorker  # noqa: E402
 from catvton.tiny import write_tiny_weights  # noqa: E402
 
 JOBS = "/api/try-on/jobs"

@@ -1,7 +1,7 @@
 """A try-on replica: the single process's worker and loading code, inside a Serve deployment.
 
 Each replica is one `InferenceWorker` (one device owner, models loaded once on its own thread by
-`app.worker.load_models`), so a replica behaves exactly like the single process's worker: Serve's
+`app.models.load_models`), so a replica behaves exactly like the single process's worker: Serve's
 `max_ongoing_requests: 1` hands it one try-on at a time, the queue in front of it is Serve's.
 A job's progress streams back to the ingress that submitted it (Serve's streaming call); that
 ingress writes it into the Redis job store, where every ingress replica reads it.
@@ -23,10 +23,11 @@ from ray import serve
 
 from app.cluster.redis_client import connect
 from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport
+from app.models import Models, ProgressCallback, load_models
 from app.request_id import bind_request_id
 from app.settings import Settings
 from app.work import TryOnJob, TryOnOutcome
-from app.worker import InferenceWorker, Models, ProgressCallback, load_models
+from app.worker import InferenceWorker
 
 logger = logging.getLogger(__name__)
 

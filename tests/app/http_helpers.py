@@ -18,8 +18,9 @@ from PIL import Image
 
 from app.__main__ import server_options
 from app.main import create_app
+from app.models import Models, ProgressCallback, load_models
 from app.settings import Settings
-from app.worker import InferenceWorker, Models, ProgressCallback, load_models
+from app.worker import InferenceWorker
 from catvton.tiny import TINY_SIZE
 
 TINY_SIZE_TEXT = f"{TINY_SIZE[0]}x{TINY_SIZE[1]}"

@@ -24,8 +24,9 @@ from http_helpers import SLOW as SLOW
 from http_helpers import post_parts, serve, tiny_settings, try_on_parts, wait_until_ready
 from PIL import Image
 
+from app.models import load_models
 from app.request_id import current_request_id
-from app.worker import InferenceWorker, load_models
+from app.worker import InferenceWorker
 
 JOBS = "/api/try-on/jobs"
 

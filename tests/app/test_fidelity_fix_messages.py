@@ -16,8 +16,8 @@ import huggingface_hub.constants
 import pytest
 from pydantic_settings import CliApp
 
+from app.models import load_models
 from app.settings import Settings
-from app.worker import load_models
 from catvton.cli import build_parser, main
 from catvton.errors import WeightsNotFoundError
 from catvton.masking.automasker import SCHP_LIP_FILE

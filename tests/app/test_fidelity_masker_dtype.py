@@ -9,8 +9,8 @@ import torch
 from http_helpers import tiny_settings
 from pydantic_settings import CliApp
 
+from app.models import load_models
 from app.settings import Settings
-from app.worker import load_models
 
 
 def test_masker_dtype_is_a_flag_defaulting_to_fp32() -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 from http_helpers import multipart, serve, tiny_settings
 
-from app.worker import InferenceWorker, Models, ProgressCallback
+from app.models import Models, ProgressCallback
+from app.worker import InferenceWorker
 
 UNDECODABLE = b"not an image"
 UNKNOWN_ID = "does-not-exist"

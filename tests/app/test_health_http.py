@@ -19,8 +19,9 @@ from http_helpers import (
     wait_until_ready,
 )
 
+from app.models import Models, ProgressCallback
 from app.settings import Settings
-from app.worker import InferenceWorker, Models, ProgressCallback
+from app.worker import InferenceWorker
 
 
 def timed_health(client: httpx.Client) -> tuple[httpx.Response, float]:

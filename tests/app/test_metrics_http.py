@@ -22,9 +22,10 @@ from http_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.models import load_models
 from app.observe.metrics import UNMATCHED_ROUTE, ServiceMetrics
 from app.settings import Settings
-from app.worker import InferenceWorker, load_models
+from app.worker import InferenceWorker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -49,7 +49,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from app.worker import InferenceWorker, load_models
+from app.models import load_models
+from app.worker import InferenceWorker
 from catvton.tiny import TINY_SIZE
 
 BROWSER_PATHS = require_browser()  # before any fixture: one skip line for the module, or CI fails

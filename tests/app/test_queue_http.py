@@ -34,7 +34,8 @@ from http_helpers import (
     wait_until_ready,
 )
 
-from app.worker import InferenceWorker, load_models
+from app.models import load_models
+from app.worker import InferenceWorker
 
 
 class UNetProbe:

@@ -23,10 +23,11 @@ from app.cluster.shared_jobs import LEASE_PREFIX, SharedJobRunner
 from app.errors import ShuttingDownError
 from app.intake import TryOnImages
 from app.jobs.records import JobRecord
+from app.models import load_models
 from app.schemas import TryOnOptions
 from app.stages import StageTimer
 from app.work import TryOnJob
-from app.worker import InferenceWorker, load_models
+from app.worker import InferenceWorker
 
 pytestmark = pytest.mark.anyio
 
