@@ -6,6 +6,7 @@ surgery (``catvton.attention``), loads the try-on weights strictly and moves it 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,13 @@ from catvton.devices import choose_device, choose_dtype
 from catvton.errors import CheckpointMismatchError
 from catvton.pipeline import DEFAULT_SIZE, CatVTONPipeline
 from catvton.weights import ResolvedWeights
+
+# diffusers builds each network under context managers (accelerate's `init_empty_weights`, its own
+# `no_init_weights`) that swap torch.nn.Module methods and torch.nn.init functions for the whole
+# process and put back what they found on exit. Two loads at once (two servers in one test run, a
+# reload while an abandoned load still runs) put back each other's swaps and leave every network
+# built afterwards on the meta device. So one diffusers read at a time in this process.
+_ONE_READ_AT_A_TIME = threading.Lock()
 
 # The *-16k-512 checkpoints were trained at 384 x 512.
 LOW_RES_SIZE = (384, 512)
@@ -50,13 +58,14 @@ def load_pipeline(
 
     # 2. Read every file: UNet, try-on attention weights, VAE, scheduler config (DDIM reads the
     #    base repo's PNDM config fields).
-    unet = _load_unet(resolved, dtype)
+    with _ONE_READ_AT_A_TIME:
+        unet = _load_unet(resolved, dtype)
+        with _reading(resolved.vae_dir):
+            vae = AutoencoderKL.from_pretrained(
+                resolved.vae_dir, torch_dtype=dtype, use_safetensors=True
+            )
     with _reading(resolved.attention_file):
         attention_state = load_file(str(resolved.attention_file))
-    with _reading(resolved.vae_dir):
-        vae = AutoencoderKL.from_pretrained(
-            resolved.vae_dir, torch_dtype=dtype, use_safetensors=True
-        )
     with _reading(resolved.scheduler_dir):
         scheduler = DDIMScheduler.from_pretrained(resolved.scheduler_dir)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from catvton import CheckpointMismatchError, InvalidInputError, WeightSources, l
 from catvton.attention import attention_key_scheme
 from catvton.devices import choose_device, choose_dtype
 from catvton.loading import default_size
+
+REGISTER_PARAMETER = torch.nn.Module.register_parameter  # before any load could swap it
 
 
 def test_device_and_dtype_choice() -> None:
@@ -128,3 +131,15 @@ def test_non_inpainting_unet_is_refused(weights_copy: Path) -> None:
     UNet2DConditionModel(**config).save_pretrained(unet_dir)
     with pytest.raises(CheckpointMismatchError, match="9"):
         load_pipeline(WeightSources(weights_dir=weights_copy).resolve(), device="cpu")
+
+
+def test_loads_in_parallel_threads_leave_torch_as_they_found_it(tiny_weights: Path) -> None:
+    """diffusers builds networks under context managers that swap torch.nn.Module methods
+    process-wide; two loads at once could put back each other's swaps and leave every later
+    network on the meta device ("Cannot copy out of meta tensor")."""
+    resolved = WeightSources(weights_dir=tiny_weights).resolve()
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: load_pipeline(resolved, "cpu", "fp32"), range(8)))
+    assert all(pipeline.unet.device.type == "cpu" for pipeline in loaded)
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
+    assert torch.nn.Module.register_parameter is REGISTER_PARAMETER
