@@ -66,6 +66,9 @@ pids+=($!)
 # proxy drops Ray's client-controlled headers (app/cluster/headers.py).
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=app.cluster.headers:proxy_middlewares
+# The HTTP port and Redis listen on loopback only. Ray 2.60 replaces a loopback --node-ip-address
+# with the machine's own address, so its internal ports (GCS, raylet, workers) listen on every
+# interface whatever is asked: run the demo where a firewall keeps them in.
 "$RAY" start --head --block --node-ip-address 127.0.0.1 --port "$ray_port" \
   --ray-client-server-port "$ray_client_port" --dashboard-agent-listen-port "$agent_port" \
   --dashboard-port "$dashboard_port" \
