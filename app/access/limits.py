@@ -68,12 +68,22 @@ def parse_rate_limit(text: str) -> list[RateLimitItem]:
     return items
 
 
+STORAGE_TIMEOUT_S = 2.0
+
+
 def limits_storage(redis_url: str | None) -> Storage:
     """Where the counters live: this process's memory, or with `--redis-url` the `limits` library's
     own Redis storage (through the redis-py client), so every replica counts against one limit."""
     if redis_url is None:
         return storage_from_string("async+memory://")
-    return storage_from_string(f"async+{redis_url}", implementation="redispy")
+    # Short timeouts: a Redis that does not answer costs a request 2 s at most (then `count`
+    # serves it unlimited), not the client library's default of waiting forever.
+    return storage_from_string(
+        f"async+{redis_url}",
+        implementation="redispy",
+        socket_timeout=STORAGE_TIMEOUT_S,
+        socket_connect_timeout=STORAGE_TIMEOUT_S,
+    )
 
 
 def policy_name(item: RateLimitItem) -> str:
@@ -204,8 +214,7 @@ class LimitsMiddleware:
         headers: dict[str, str] = {}
         slot = None
         try:
-            if self.rate_limits is not None:
-                verdict = await self.rate_limits.hit(client)
+            if self.rate_limits is not None and (verdict := await self.count(client)):
                 headers = verdict.headers
                 if not verdict.allowed:
                     raise RateLimitedError(
@@ -233,6 +242,17 @@ class LimitsMiddleware:
         finally:
             if slot is not None and not (slot.handed_over and 200 <= status < 300):
                 slot.release()
+
+    async def count(self, client: str) -> RateVerdict | None:
+        """`rate_limits.hit`, or None when the counters' storage cannot be reached (a shared Redis
+        restarting): the request is then served without a limit rather than refused, logged each
+        time, as synchronous try-ons keep working while Redis is down."""
+        assert self.rate_limits is not None
+        try:
+            return await self.rate_limits.hit(client)
+        except Exception as exc:  # whatever the storage's client raises
+            logger.warning("rate limit not counted for %s: storage unavailable (%s)", client, exc)
+            return None
 
     def describe(self) -> str:
         assert self.rate_limits is not None
