@@ -16,6 +16,7 @@ from app.access.keys import KeyStore, watching
 from app.access.limits import (
     LIMIT_HEADERS,
     ActiveWork,
+    InMemoryActiveWork,
     LimitsMiddleware,
     RateLimits,
     limits_storage,
@@ -43,10 +44,11 @@ def create_app(
     *,
     job_store: JobStore | None = None,
     cache: ResultCache | None = None,
+    active_work: ActiveWork | None = None,
     health_router: APIRouter = health.router,
 ) -> FastAPI:
     """Build the service; `worker` defaults to one that loads the models `settings` names, the
-    job store and the result cache to in-memory ones bounded as `settings` says.
+    job store, the result cache and the active-work counts to in-memory ones as `settings` says.
 
     The scaled-out ingress (app/cluster) passes its own worker and a /health that lists replicas.
 
@@ -109,9 +111,10 @@ def create_app(
         if settings.rate_limit
         else None
     )
-    active = ActiveWork(settings.max_active_per_client) if settings.max_active_per_client else None
-    if rate_limits or active:
-        app.add_middleware(LimitsMiddleware, rate_limits=rate_limits, active_work=active)
+    if active_work is None and settings.max_active_per_client:
+        active_work = InMemoryActiveWork(settings.max_active_per_client)
+    if rate_limits or active_work:
+        app.add_middleware(LimitsMiddleware, rate_limits=rate_limits, active_work=active_work)
     if keys:
         app.add_middleware(AccessMiddleware, keys=keys, metrics_public=settings.metrics_public)
     app.add_middleware(

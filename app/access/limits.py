@@ -19,7 +19,8 @@ Status polling (job documents, events, results) is not rate limited: it needs th
 dictionary look-up, and a client polling a long job must not spend its try-on budget doing so.
 
 Counters live in a `limits` storage: in memory by default; pass a storage (or its URI, e.g.
-`async+redis://host:6379`) to share them between replicas.
+`async+redis://host:6379`) to share them between replicas. The active-work counts are an
+`ActiveWork`: `InMemoryActiveWork` here, a Redis one shared by the cluster's ingress replicas.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -159,23 +161,38 @@ class ActiveSlot:
             self.work.release(self.client)
 
 
-class ActiveWork:
-    """Queued plus running work per client, capped at `max_per_client`.
-
-    In process memory: the event loop is the only caller, so plain counts suffice.
-    """
+class ActiveWork(ABC):
+    """Queued plus running work per client, capped at `max_per_client`: the interface, with an
+    in-memory default here and a Redis one shared by the cluster's replicas (app/cluster)."""
 
     def __init__(self, max_per_client: int) -> None:
         self.max_per_client = max_per_client
+
+    @abstractmethod
+    async def acquire(self, client: str) -> ActiveSlot:
+        """A slot for `client`, or TooManyActiveRequestsError when it already holds the cap."""
+
+    @abstractmethod
+    def release(self, client: str) -> None:
+        """Give one of `client`'s slots back (called once per slot, by `ActiveSlot.release`)."""
+
+    def refuse(self, held: int) -> TooManyActiveRequestsError:
+        return TooManyActiveRequestsError(
+            f"This client already has {held} try-ons queued or running (at most "
+            f"{self.max_per_client}); wait for one to finish."
+        )
+
+
+class InMemoryActiveWork(ActiveWork):
+    """The single process's: the event loop is the only caller, so plain counts suffice."""
+
+    def __init__(self, max_per_client: int) -> None:
+        super().__init__(max_per_client)
         self.counts: Counter[str] = Counter()
 
-    def acquire(self, client: str) -> ActiveSlot:
-        """A slot for `client`, or TooManyActiveRequestsError when it already holds the cap."""
+    async def acquire(self, client: str) -> ActiveSlot:
         if self.counts[client] >= self.max_per_client:
-            raise TooManyActiveRequestsError(
-                f"This client already has {self.counts[client]} try-ons queued or running (at "
-                f"most {self.max_per_client}); wait for one to finish."
-            )
+            raise self.refuse(self.counts[client])
         self.counts[client] += 1
         return ActiveSlot(self, client)
 
@@ -222,7 +239,7 @@ class LimitsMiddleware:
                         f"in {headers['Retry-After']} s."
                     )
             if self.active_work is not None:
-                slot = self.active_work.acquire(client)
+                slot = await self.active_work.acquire(client)
                 scope.setdefault("state", {})[ACTIVE_SLOT_STATE_KEY] = slot
         except ServiceError as error:
             logger.info("refused %s: %s", client, error.code)

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from app.cluster import health
 from app.cluster.headers import EdgeHeadersMiddleware
+from app.cluster.redis_active import RedisActiveWork
 from app.cluster.redis_client import answer_redis_down, connect
 from app.cluster.redis_jobs import RedisJobStore
 from app.cluster.redis_results import RedisResultCache
@@ -64,16 +65,22 @@ class Ingress:
             max_jobs=settings.max_jobs,
         )
         cache = RedisResultCache(redis, settings.cache_bytes) if settings.cache_bytes > 0 else None
+        replica_id = serve.get_replica_context().replica_id.unique_id
+        active_work = (
+            RedisActiveWork(redis, replica_id, settings.max_active_per_client)
+            if settings.max_active_per_client
+            else None
+        )
         # The ingress's /health lists the replicas instead of describing a local worker.
         app = create_app(
             settings,
             worker,  # type: ignore[arg-type]
             job_store=store,
             cache=cache,
+            active_work=active_work,
             health_router=health.router,
         )
         app.add_exception_handler(RedisError, answer_redis_down)
-        replica_id = serve.get_replica_context().replica_id.unique_id
         # Cancels and deletes reach the replica that drives the job; its death ends its jobs.
         jobs = app.state.jobs = SharedJobRunner(
             redis, replica_id, store, worker, cache, drain_timeout=settings.drain_timeout

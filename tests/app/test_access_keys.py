@@ -13,7 +13,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.access.guard import is_open, warn_if_open
 from app.access.keys import KeysFileError, parse_keys_file, read_keys_file
-from app.access.limits import ActiveWork, LimitsMiddleware, parse_rate_limit, take_active_slot
+from app.access.limits import (
+    InMemoryActiveWork,
+    LimitsMiddleware,
+    parse_rate_limit,
+    take_active_slot,
+)
 from app.clients import UNKNOWN_CLIENT, client_ip
 
 ALICE_KEY = "alice-0123456789abcdef"
@@ -175,7 +180,7 @@ async def answer(send: Send, status: int) -> None:
 @pytest.mark.parametrize(("status", "held"), [(202, 1), (503, 0)])
 def test_a_slot_taken_by_a_job_is_kept_only_if_the_submit_succeeds(status: int, held: int) -> None:
     """A submit that takes the slot and then fails (queue full) created no job: not a leak."""
-    active = ActiveWork(max_per_client=1)
+    active = InMemoryActiveWork(max_per_client=1)
 
     async def submit_route(scope: Scope, receive: Receive, send: Send) -> None:
         assert take_active_slot(HTTPConnection(scope)) is not None
