@@ -25,6 +25,17 @@ def tiny_server(tiny_weights: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the session's browser screenshots (`--browser-screenshots`, or a temp one)."""
+    directory = request.config.getoption("--browser-screenshots")
+    if directory is None:
+        directory = tmp_path_factory.mktemp("browser-screenshots", numbered=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    request.config.stash[SCREENSHOTS_KEY] = directory
+    return directory
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A bare redis-server for the session (loopback, no persistence); skips or fails without it."""
     missing = redis_missing()

@@ -22,7 +22,6 @@ import torch
 from browser_helpers import (
     DESKTOP,
     PHONE,
-    SCREENSHOTS_KEY,
     alert_texts,
     by_accessible_name,
     image_loaded,
@@ -88,16 +87,6 @@ def browser() -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture(scope="module")
-def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = request.config.getoption("--browser-screenshots")
-    if directory is None:
-        directory = tmp_path_factory.mktemp("browser-screenshots", numbered=False)
-    directory.mkdir(parents=True, exist_ok=True)
-    request.config.stash[SCREENSHOTS_KEY] = directory
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ from browser_helpers import (
 from cluster_helpers import Cluster
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from test_page_browser import (  # noqa: F401  (fixtures: one browser, photos, screenshots)
+from test_page_browser import (  # noqa: F401  (fixtures: one browser, photos)
     RESULT,
     browser,
     choose_photos,
     photos,
-    screenshots,
 )
 
 from catvton.tiny import TINY_SIZE
@@ -31,7 +30,7 @@ def test_a_try_on_through_the_page_on_the_cluster(
     cluster: Cluster,
     browser: WebDriver,  # noqa: F811  (the imported fixtures, by name)
     photos: dict[str, Path],  # noqa: F811
-    screenshots: Path,  # noqa: F811
+    screenshots: Path,
 ) -> None:
     set_viewport(browser, PHONE)
     browser.get(f"{cluster.url}/")
