@@ -46,7 +46,7 @@ BAND_BYTES = 8 * 1024 * 1024  # conversion works on bands of rows of about this 
 ONE_BYTE_MODES = {"1", "L", "P"}
 
 
-def sniff_format(data: bytes | bytearray) -> str | None:
+def sniff_format(data: bytes) -> str | None:
     """The image format judged by magic bytes: "JPEG", "PNG", "WEBP", "HEIF" or None."""
     if data.startswith(b"\xff\xd8\xff"):
         return "JPEG"
@@ -54,7 +54,7 @@ def sniff_format(data: bytes | bytearray) -> str | None:
         return "PNG"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
-    if data[4:8] == b"ftyp" and bytes(data[8:12]) in HEIF_BRANDS:
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
         return "HEIF"
     return None
 

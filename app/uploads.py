@@ -58,7 +58,7 @@ class Upload:
     """One file part as received; `content_type` and `filename` are only what the client claimed."""
 
     field: str
-    data: bytes | bytearray = field(repr=False)  # megabytes: keep them out of logs and tracebacks
+    data: bytes = field(repr=False)  # megabytes: keep them out of logs and tracebacks
     filename: str | None = None
     content_type: str | None = None
 
@@ -149,7 +149,10 @@ class _FormCollector:
             content_type = self._headers.get(b"content-type")
             self.form.files[self._name] = Upload(
                 field=self._name,
-                data=self._buffer,  # not bytes(...): a copy would double a 20 MB file for a moment
+                # bytes, not the bytearray: io.BytesIO shares a bytes object but copies a bytearray,
+                # so each decode would copy the whole file; this copy lives one line (the buffer
+                # is replaced below).
+                data=bytes(self._buffer),
                 filename=self._filename,
                 content_type=content_type.decode("latin-1") if content_type else None,
             )

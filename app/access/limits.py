@@ -102,11 +102,9 @@ class RateVerdict:
 class RateLimits:
     """The `--rate-limit` items, counted per client in a `limits` storage."""
 
-    def __init__(self, items: list[RateLimitItem], storage: Storage | str = "async+memory://"):
-        if isinstance(storage, str):
-            storage = storage_from_string(storage)
+    def __init__(self, items: list[RateLimitItem], storage: Storage | None = None):
         self.items = items
-        self.limiter = FixedWindowRateLimiter(storage)
+        self.limiter = FixedWindowRateLimiter(storage or limits_storage(None))
         self.policy = ", ".join(
             f'"{policy_name(item)}";q={item.amount};w={item.get_expiry()}' for item in items
         )
@@ -167,6 +165,7 @@ class ActiveWork(ABC):
 
     def __init__(self, max_per_client: int) -> None:
         self.max_per_client = max_per_client
+        self.counts: Counter[str] = Counter()  # this process's slots, per client
 
     @abstractmethod
     async def acquire(self, client: str) -> ActiveSlot:
@@ -175,6 +174,12 @@ class ActiveWork(ABC):
     @abstractmethod
     def release(self, client: str) -> None:
         """Give one of `client`'s slots back (called once per slot, by `ActiveSlot.release`)."""
+
+    def _forget(self, client: str) -> None:
+        """One of `client`'s slots in this process fewer."""
+        self.counts[client] -= 1
+        if self.counts[client] <= 0:
+            del self.counts[client]
 
     def refuse(self, held: int) -> TooManyActiveRequestsError:
         return TooManyActiveRequestsError(
@@ -186,10 +191,6 @@ class ActiveWork(ABC):
 class InMemoryActiveWork(ActiveWork):
     """The single process's: the event loop is the only caller, so plain counts suffice."""
 
-    def __init__(self, max_per_client: int) -> None:
-        super().__init__(max_per_client)
-        self.counts: Counter[str] = Counter()
-
     async def acquire(self, client: str) -> ActiveSlot:
         if self.counts[client] >= self.max_per_client:
             raise self.refuse(self.counts[client])
@@ -197,9 +198,7 @@ class InMemoryActiveWork(ActiveWork):
         return ActiveSlot(self, client)
 
     def release(self, client: str) -> None:
-        self.counts[client] -= 1
-        if self.counts[client] <= 0:
-            del self.counts[client]
+        self._forget(client)
 
 
 def take_active_slot(connection: HTTPConnection) -> ActiveSlot | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -61,7 +60,6 @@ class RedisActiveWork(ActiveWork):
         super().__init__(max_per_client)
         self._redis = redis
         self.replica_id = replica_id
-        self.counts: Counter[str] = Counter()  # this replica's own slots, per client
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._writes: set[asyncio.Task[None]] = set()  # releases on their way to Redis
 
@@ -87,11 +85,6 @@ class RedisActiveWork(ActiveWork):
         task = asyncio.get_running_loop().create_task(self._write(client))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
-
-    def _forget(self, client: str) -> None:
-        self.counts[client] -= 1
-        if self.counts[client] <= 0:
-            del self.counts[client]
 
     async def _write(self, client: str) -> None:
         """Put this replica's count for `client` (none: its field goes)."""

@@ -50,12 +50,6 @@ class ReplicaRegistry:
             pipe.sadd(IDS_KEY, report["id"])
             await pipe.execute()
 
-    async def withdraw(self, replica_id: str) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(KEY_PREFIX + replica_id)
-            pipe.srem(IDS_KEY, replica_id)
-            await pipe.execute()
-
     async def read(self) -> list[ReplicaReport]:
         """Every live replica's latest report, sorted by id; forgets ids whose report expired."""
         ids = sorted(member.decode() for member in await self._redis.smembers(IDS_KEY))

@@ -29,12 +29,11 @@ from redis.asyncio import Redis
 from app.errors import (
     JobExpiredError,
     JobNotFoundError,
-    ServiceError,
     ShuttingDownError,
     WorkerStoppedError,
 )
 from app.jobs.records import JobRecord
-from app.jobs.runner import JobRunner, ignore_outcome, job_error
+from app.jobs.runner import JobRunner, ignore_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +45,6 @@ RENEW_S = 1.0  # how often a live one renews its lease and sweeps
 QUEUED_CANCEL_WAIT_S = 2.0
 DRAIN_POLL_S = 0.1
 LISTEN_RETRY_S = 1.0
-
-
-def failed(error: ServiceError) -> dict[str, Any]:
-    """A job record's final change for a job that ends with `error`."""
-    return {
-        "status": "failed",
-        "stage": None,
-        "queue_position": None,
-        "eta_at": None,
-        "error": job_error(error),
-    }
 
 
 class SharedJobRunner(JobRunner):
@@ -106,7 +94,7 @@ class SharedJobRunner(JobRunner):
             work.done.add_done_callback(ignore_outcome)
             stopped = ShuttingDownError("the job did not finish before this replica stopped")
             with contextlib.suppress(JobNotFoundError, JobExpiredError):
-                await self.store.finish(job_id, **failed(stopped))
+                await self._failed(job_id, stopped, queue_position=None)
 
     async def submit(self, *args: Any, **kwargs: Any) -> tuple[JobRecord, bool]:
         """As `JobRunner.submit`, noting this replica as the job's driver."""
@@ -207,7 +195,7 @@ class SharedJobRunner(JobRunner):
             if record.final:
                 return
             stopped = WorkerStoppedError("the ingress replica holding this job stopped")
-            await self.store.finish(job_id, **failed(stopped))
+            await self._failed(job_id, stopped, queue_position=None)
         except (JobNotFoundError, JobExpiredError):
             return
         logger.warning("job %s failed: the ingress replica driving it stopped", job_id)

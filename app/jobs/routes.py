@@ -133,8 +133,6 @@ async def submit_job(
                 cache_key=cache_key,
                 on_final=slot.release if slot is not None else None,
             )
-            if not created and slot is not None:
-                slot.release()
     if not created:  # the same key sent twice at once: one job
         return replay(stored, record.fingerprint)
     logger.info("job %s submitted (%s)", stored.job_id, stored.status)

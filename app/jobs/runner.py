@@ -130,6 +130,8 @@ class JobRunner:
         if not created:  # the same key, sent twice at once: one job
             self.worker.cancel(work)
             work.done.add_done_callback(ignore_outcome)
+            if on_final is not None:
+                on_final()  # this submission's work is over already
             return stored, False
         self._work[record.job_id] = work
         self._drivers[record.job_id] = asyncio.create_task(
@@ -203,9 +205,7 @@ class JobRunner:
             await self._cancelled(job_id)
             return
         except Exception as exc:
-            await self.store.finish(
-                job_id, status="failed", stage=None, eta_at=None, error=job_error(exc)
-            )
+            await self._failed(job_id, exc)
             return
         if work.stop.is_set():  # a cancel accepted while it ran always ends canceled
             await self._cancelled(job_id)
@@ -242,6 +242,11 @@ class JobRunner:
             eta_at=None,
             cached=cached,
             output=output,
+        )
+
+    async def _failed(self, job_id: str, error: BaseException, **changes: Any) -> None:
+        await self.store.finish(
+            job_id, status="failed", stage=None, eta_at=None, error=job_error(error), **changes
         )
 
     async def _cancelled(self, job_id: str) -> None:

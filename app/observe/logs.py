@@ -30,8 +30,10 @@ USAGE_LOGGER = "app.access"
 # twice (once raw by their handler, once through ours) or, for diffusers, only raw.
 LIBRARY_LOGGERS = ("huggingface_hub", "diffusers")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(request_id_text)s] %(name)s: %(message)s"
-# In text mode the route and status are already in the access line's message.
-TEXT_USAGE_FIELDS = ("client", "error", "steps", "cached", "bytesIn", "bytesOut")
+# In text mode the route, status and seconds are already in the access line's message.
+TEXT_USAGE_FIELDS = tuple(
+    name for name in USAGE_FIELDS if name not in ("route", "status", "seconds")
+)
 # C0 and C1 controls, DEL and the Unicode line/paragraph separators: anything a terminal or a log
 # shipper could take as the end of a line.
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")

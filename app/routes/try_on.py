@@ -86,7 +86,6 @@ async def try_on(
             disconnected=partial(wait_for_disconnect, request),
         )
     timer.add_seconds(outcome.timings)
-    request.state.usage_steps = options.num_inference_steps  # for the usage record
 
     # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG
     with timer("encode"):
