@@ -140,7 +140,8 @@ class RedisJobStore(JobStore):
         return JobRecord.model_validate_json(raw)
 
     async def update(self, job_id: str, **changes: Any) -> JobRecord:
-        await self._expire()
+        # No expiry pass here: an update (one per denoising step) is of an active job, which never
+        # expires, and the next read, create or count drops what did.
         return await self._replace(job_id, changes)
 
     async def finish(
@@ -268,10 +269,11 @@ class RedisJobStore(JobStore):
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zcard(ALL_KEY)
             pipe.get(BYTES_KEY)
-            pipe.zrange(FINISHED_KEY, 0, -1)
-            count, nbytes, finished = await pipe.execute()
+            count, nbytes = await pipe.execute()
         nbytes = int(nbytes or 0)
-        for raw_id in finished:
+        if count <= self.max_jobs and nbytes <= self.max_bytes:
+            return  # the usual case: no need to list the finished jobs
+        for raw_id in await self._redis.zrange(FINISHED_KEY, 0, -1):
             if count <= self.max_jobs and nbytes <= self.max_bytes:
                 return
             job_id = raw_id.decode()
