@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -35,6 +35,7 @@ from app.observe.middleware import RequestObserver
 from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import docs, health, page, try_on
 from app.settings import Settings
+from app.work import InferenceQueue
 from app.worker import InferenceWorker
 
 
@@ -45,12 +46,14 @@ def create_app(
     job_store: JobStore | None = None,
     cache: ResultCache | None = None,
     active_work: ActiveWork | None = None,
+    job_runner: Callable[[JobStore, InferenceQueue, ResultCache | None], JobRunner] = JobRunner,
     health_router: APIRouter = health.router,
 ) -> FastAPI:
     """Build the service; `worker` defaults to one that loads the models `settings` names, the
     job store, the result cache and the active-work counts to in-memory ones as `settings` says.
 
-    The scaled-out ingress (app/cluster) passes its own worker and a /health that lists replicas.
+    The scaled-out ingress (app/cluster) passes its own worker, a job runner whose cancels cross
+    replicas, and a /health that lists replicas.
 
     Nothing is loaded here: the lifespan starts the worker, which loads in the background while
     the server already answers /health. Raises KeysFileError for an unusable `--api-keys-file`.
@@ -81,7 +84,9 @@ def create_app(
         gc.collect()
         gc.freeze()
         worker.start()
-        async with watching(keys):  # reload the keys on SIGHUP and when the file changes
+        # The keys reload on SIGHUP and when the file changes; the job runner's own background
+        # work (none in one process) runs until the end.
+        async with watching(keys), app.state.jobs.running():
             yield
         await run_in_threadpool(worker.stop)
 
@@ -98,7 +103,7 @@ def create_app(
     app.state.settings = settings
     app.state.worker = worker
     app.state.cache = cache
-    app.state.jobs = JobRunner(job_store, worker, cache)
+    app.state.jobs = job_runner(job_store, worker, cache)
     app.state.intake = Intake(settings)  # one decode memory budget for every request
     app.state.metrics = metrics
     # Middleware, outermost first: request id -> observer (metrics, usage log) -> CORS -> access

@@ -29,8 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(ClusterSettings, argv, prog="python -m app.cluster")
-    if not settings.redis_url:
-        raise SystemExit("python -m app.cluster: --redis-url is required (shared state)")
     configure_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -7,8 +7,7 @@ this folder, whose `args` are `ClusterSettings` fields.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -71,36 +70,26 @@ class Ingress:
             if settings.max_active_per_client
             else None
         )
-        # The ingress's /health lists the replicas instead of describing a local worker.
+        # The ingress's /health lists the replicas instead of describing a local worker; its job
+        # runner's cancels and deletes reach the replica driving the job, whose death ends them.
         app = create_app(
             settings,
             worker,  # type: ignore[arg-type]
             job_store=store,
             cache=cache,
             active_work=active_work,
+            job_runner=partial(
+                SharedJobRunner, redis, replica_id, drain_timeout=settings.drain_timeout
+            ),
             health_router=health.router,
         )
         app.add_exception_handler(RedisError, answer_redis_down)
-        # Cancels and deletes reach the replica that drives the job; its death ends its jobs.
-        jobs = app.state.jobs = SharedJobRunner(
-            redis, replica_id, store, worker, cache, drain_timeout=settings.drain_timeout
-        )
-        app_lifespan = app.router.lifespan_context
-
-        @asynccontextmanager
-        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            async with app_lifespan(app), jobs.running():
-                yield
-
-        app.router.lifespan_context = lifespan
         app.add_middleware(EdgeHeadersMiddleware, served_by=replica_id)  # outermost
         return app
 
 
 def build_application(settings: ClusterSettings) -> Application:
     """Bind the two deployments as `settings` says (replicas, GPUs, autoscaling, queue bound)."""
-    if not settings.redis_url:
-        raise ValueError("the cluster needs --redis-url (replicas share state through Redis)")
     if settings.max_replicas is not None:
         scaling: dict[str, Any] = {
             "autoscaling_config": {

@@ -16,6 +16,10 @@ from app.settings import Settings
 class ClusterSettings(Settings):
     """The service's own options plus the Serve deployment's shape."""
 
+    redis_url: str = Field(  # type: ignore[assignment]  (required here: replicas share state)
+        description="Redis that the replicas share (job records, idempotency keys, result cache, "
+        "limits, replica reports), e.g. redis://127.0.0.1:6380/0"
+    )
     ray_address: str = Field("auto", description="Ray cluster to join (auto: the local head)")
     replicas: int = Field(1, ge=1, description="try-on replicas (without autoscaling)")
     min_replicas: int | None = Field(

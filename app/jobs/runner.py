@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from app.cache.results import ResultCache
@@ -148,6 +149,12 @@ class JobRunner:
         if not created:
             return stored, False
         return await self._succeed(record.job_id, result, timer, cached=True), True
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The runner's background work for the app's lifespan: none here (the cluster's runner
+        hears cancels from other replicas and drains its jobs when it stops)."""
+        yield
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Queued: out of the queue, canceled at once. Running: stops at its next step (the
