@@ -5,9 +5,8 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
@@ -23,49 +22,42 @@ from app.access.limits import (
     parse_rate_limit,
 )
 from app.cache.results import InMemoryResultCache, ResultCache
-from app.errors import error_responses, install_error_handlers
-from app.intake import Intake
+from app.edge.errors import error_responses, install_error_handlers
+from app.edge.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
+from app.inference.contract import Worker
+from app.inference.worker import InferenceWorker
 from app.jobs import routes as jobs_routes
 from app.jobs.runner import JobRunner
 from app.jobs.store import InMemoryJobStore, JobStore
-from app.models import load_models
+from app.media.intake import Intake
 from app.observe import routes as observe_routes
 from app.observe.metrics import ServiceMetrics
 from app.observe.middleware import RequestObserver
-from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.routes import docs, health, page, try_on
 from app.settings import Settings
-from app.work import InferenceQueue
-from app.worker import InferenceWorker
 
 
 def create_app(
     settings: Settings,
-    worker: InferenceWorker | None = None,
+    worker: Worker | None = None,
     *,
     job_store: JobStore | None = None,
     cache: ResultCache | None = None,
     active_work: ActiveWork | None = None,
-    job_runner: Callable[[JobStore, InferenceQueue, ResultCache | None], JobRunner] = JobRunner,
-    health_router: APIRouter = health.router,
+    job_runner: Callable[[JobStore, Worker, ResultCache | None], JobRunner] = JobRunner,
 ) -> FastAPI:
     """Build the service; `worker` defaults to one that loads the models `settings` names, the
     job store, the result cache and the active-work counts to in-memory ones as `settings` says.
 
-    The scaled-out ingress (app/cluster) passes its own worker, a job runner whose cancels cross
-    replicas, and a /health that lists replicas.
+    The scaled-out ingress (app/cluster) passes its own worker (whose status lists replicas) and
+    a job runner whose cancels cross replicas.
 
     Nothing is loaded here: the lifespan starts the worker, which loads in the background while
     the server already answers /health. Raises KeysFileError for an unusable `--api-keys-file`.
     """
     keys = KeyStore(settings.api_keys_file) if settings.api_keys_file else None
     if worker is None:
-        worker = InferenceWorker(
-            partial(load_models, settings),
-            queue_size=settings.queue_size,
-            queue_timeout=settings.queue_timeout,
-            max_queued_jobs=settings.max_queued_jobs,
-        )
+        worker = InferenceWorker.from_settings(settings)
     if job_store is None:
         job_store = InMemoryJobStore(
             ttl_s=settings.job_ttl, max_bytes=settings.job_store_bytes, max_jobs=settings.max_jobs
@@ -141,7 +133,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(try_on.router)
     app.include_router(jobs_routes.router)
-    app.include_router(health_router)
+    app.include_router(health.router)
     app.include_router(observe_routes.router)
     docs.install_docs(app)
     app.include_router(page.router)

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         "decodes beyond it wait their turn",
     )
 
-    # -- try-on jobs and the result cache (jobs.md) --------------------------------------------
+    # -- try-on jobs and the result cache -----------------------------------------------------
     max_queued_jobs: int = Field(
         32, ge=1, description="jobs that may wait in the queue (POST /api/try-on/jobs; 503 beyond)"
     )
@@ -138,7 +138,7 @@ class Settings(BaseSettings):
         "networks, '*' for any, '' for none",
     )
 
-    # -- observe: logs, warm-up, draining (operations.md, Logs and Lifecycle) --
+    # -- observe: logs, warm-up, draining --------------------------------------
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines: text for people, json (one object a line) for shippers"
     )

@@ -1,6 +1,6 @@
 """CatVTON's attention surgery on the SD-1.5 inpainting UNet.
 
-Two facts define CatVTON's network (see the spec, pipeline.md):
+Two facts define CatVTON's network:
 
 1. Every cross-attention (``attn2``) gets a processor that returns its input unchanged. diffusers'
    ``BasicTransformerBlock`` computes ``h = attn2(norm2(h)) + h``, so each block then computes

@@ -1,4 +1,4 @@
-"""Library exceptions. They carry no HTTP meaning: app/errors.py maps them to status codes."""
+"""Library exceptions. They carry no HTTP meaning: app/edge/errors.py maps them to status codes."""
 
 from __future__ import annotations
 

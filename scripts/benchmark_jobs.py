@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -38,8 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 from benchmark_service import jpeg_bytes, synthetic_photo  # noqa: E402
 from http_helpers import multipart, serve, tiny_settings, wait_until_ready  # noqa: E402
 
-from app.models import load_models  # noqa: E402
-from app.worker import InferenceWorker  # noqa: E402
+from app.inference.worker import InferenceWorker  # noqa: E402
 from catvton.tiny import write_tiny_weights  # noqa: E402
 
 JOBS = "/api/try-on/jobs"
@@ -114,9 +112,9 @@ def status_latency(base_url: str, files: dict[str, bytes], gets: int) -> None:
 
 
 def step_to_event_delay(base_url: str, worker: InferenceWorker, files: dict[str, bytes]) -> None:
-    assert worker.models is not None
+    assert worker.device.models is not None
     step_ends: list[float] = []
-    handle = worker.models.pipeline.unet.register_forward_hook(
+    handle = worker.device.models.pipeline.unet.register_forward_hook(
         lambda module, args, output: step_ends.append(time.perf_counter())
     )
     arrivals: dict[int, float] = {}
@@ -180,7 +178,7 @@ def main() -> None:
     }
     weights_dir = write_tiny_weights(Path(tempfile.mkdtemp(prefix="catvton-bench-")))
     settings = tiny_settings(weights_dir, log_level="warning", max_upload_mb=20.0)
-    worker = InferenceWorker(partial(load_models, settings), queue_size=4, max_queued_jobs=32)
+    worker = InferenceWorker.from_settings(settings)
     with serve(settings, worker) as base_url:
         wait_until_ready(base_url)
         submit_cost(base_url, twelve_mp, args.repeats)

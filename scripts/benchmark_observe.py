@@ -33,12 +33,12 @@ from fastapi import FastAPI
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.inference.worker import InferenceWorker  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.observe.logs import configure_logging  # noqa: E402
 from app.observe.metrics import ServiceMetrics  # noqa: E402
 from app.observe.middleware import RequestObserver  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.worker import InferenceWorker  # noqa: E402
 
 
 def machine() -> str:
@@ -78,7 +78,8 @@ async def added_cost_ms(requests: int, rng: random.Random) -> tuple[list[float],
         await inner(scope, receive, send)  # type: ignore[arg-type]
         inner_wall, inner_cpu = time.perf_counter() - wall, time.thread_time() - cpu
 
-    observer = RequestObserver(timed_inner, ServiceMetrics(InferenceWorker(never_loads)))
+    worker = InferenceWorker.from_settings(Settings(), never_loads)
+    observer = RequestObserver(timed_inner, ServiceMetrics(worker))
 
     async def receive() -> dict:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -111,7 +112,7 @@ async def added_cost_ms(requests: int, rng: random.Random) -> tuple[list[float],
 
 
 async def metrics_sizes(checkpoints: list[int], rng: random.Random) -> list[tuple[int, int, int]]:
-    app = create_app(Settings(device="cpu"), InferenceWorker(never_loads))
+    app = create_app(Settings(device="cpu"), InferenceWorker.from_settings(Settings(), never_loads))
     sizes = []
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:

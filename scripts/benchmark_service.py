@@ -34,9 +34,9 @@ from starlette.requests import Request
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 
-from app.encoding import encode_image  # noqa: E402
-from app.intake import Intake  # noqa: E402
-from app.schemas import TryOnResponse  # noqa: E402
+from app.edge.schemas import TryOnResponse  # noqa: E402
+from app.media.encoding import encode_image  # noqa: E402
+from app.media.intake import Intake  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from catvton.preprocess import fit_cloth, fit_person  # noqa: E402
 

@@ -14,12 +14,13 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.access.keys import MAX_KEY_CHARS, VALID_KEY, KeyStore
-from app.clients import CLIENT_STATE_KEY
-from app.errors import UnauthorizedError, send_error
+from app.edge.context import request_context
+from app.edge.errors import UnauthorizedError, send_error
 
 logger = logging.getLogger(__name__)
 
-# Open without a key (operations.md): monitors, the page and its files, CORS preflights.
+# Open without a key (README, "Access control and limits"): monitors, the page and its files,
+# CORS preflights.
 OPEN_PATHS = frozenset({"/health", "/"})
 OPEN_PREFIXES = ("/static/",)
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -91,7 +92,7 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class AccessMiddleware:
-    """Names the client (`request.state.client`) from its key, or answers 401 `unauthorized`."""
+    """Names the client (the request context's `client`) from its key, or answers 401."""
 
     def __init__(self, app: ASGIApp, keys: KeyStore, metrics_public: bool = False) -> None:
         self.app = app
@@ -109,7 +110,7 @@ class AccessMiddleware:
             logger.info("unauthorized: %s", error.message)
             await send_error(scope, receive, send, error)
             return
-        scope.setdefault("state", {})[CLIENT_STATE_KEY] = client
+        request_context(scope).client = client
         await self.app(scope, receive, send)
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> str:

@@ -39,8 +39,9 @@ from limits.storage import storage_from_string
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.clients import client_id
-from app.errors import (
+from app.edge.clients import client_id
+from app.edge.context import request_context
+from app.edge.errors import (
     RateLimitedError,
     ServiceError,
     TooManyActiveRequestsError,
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 # The routes that create GPU work: the synchronous try-on and the jobs' submit.
 WORK_ROUTES = frozenset({("POST", "/api/try-on"), ("POST", "/api/try-on/jobs")})
 LIMIT_HEADERS = ("RateLimit-Policy", "RateLimit")  # draft-ietf-httpapi-ratelimit-headers
-ACTIVE_SLOT_STATE_KEY = "active_slot"
 LIMIT_NAMESPACE = "try-on"
 
 
@@ -208,7 +208,7 @@ def take_active_slot(connection: HTTPConnection) -> ActiveSlot | None:
     when the job is final (succeeded, failed, canceled); if the request answers an error instead,
     the middleware releases it.
     """
-    slot: ActiveSlot | None = connection.scope.get("state", {}).get(ACTIVE_SLOT_STATE_KEY)
+    slot = request_context(connection).active_slot
     return slot.hand_over() if slot is not None else None
 
 
@@ -239,7 +239,7 @@ class LimitsMiddleware:
                     )
             if self.active_work is not None:
                 slot = await self.active_work.acquire(client)
-                scope.setdefault("state", {})[ACTIVE_SLOT_STATE_KEY] = slot
+                request_context(scope).active_slot = slot
         except ServiceError as error:
             logger.info("refused %s: %s", client, error.code)
             error.headers = {**headers, **error.headers}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from app.schemas import TryOnOptions
-from app.uploads import ReceivedForm
+from app.edge.schemas import TryOnOptions
+from app.media.uploads import ReceivedForm
 from catvton.pipeline import RANDOM_SEED
 
 # Options that change the answer's shape, not its image: requests differing only in them share

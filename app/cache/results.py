@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 
-from app.encoding import EncodedResult
+from app.media.encoding import EncodedResult
 
 
 class ResultCache(ABC):

@@ -16,7 +16,6 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
-from app.cluster import health
 from app.cluster.headers import EdgeHeadersMiddleware
 from app.cluster.redis_active import RedisActiveWork
 from app.cluster.redis_client import answer_redis_down, connect
@@ -70,18 +69,17 @@ class Ingress:
             if settings.max_active_per_client
             else None
         )
-        # The ingress's /health lists the replicas instead of describing a local worker; its job
-        # runner's cancels and deletes reach the replica driving the job, whose death ends them.
+        # The worker's status lists the replicas and Redis (the same /health); the job runner's
+        # cancels and deletes reach the replica driving the job, whose death ends them.
         app = create_app(
             settings,
-            worker,  # type: ignore[arg-type]
+            worker,
             job_store=store,
             cache=cache,
             active_work=active_work,
             job_runner=partial(
                 SharedJobRunner, redis, replica_id, drain_timeout=settings.drain_timeout
             ),
-            health_router=health.router,
         )
         app.add_exception_handler(RedisError, answer_redis_down)
         app.add_middleware(EdgeHeadersMiddleware, served_by=replica_id)  # outermost

@@ -20,7 +20,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.request_id import REQUEST_ID_HEADER, accepted_request_id
+from app.edge.request_id import REQUEST_ID_HEADER, accepted_request_id
 
 RAY_CLIENT_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
 SERVED_BY_HEADER = "X-Served-By"

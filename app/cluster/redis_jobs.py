@@ -24,10 +24,10 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from app.cluster.redis_results import result_fields, result_from_fields
-from app.encoding import EncodedResult
-from app.errors import JobExpiredError, JobNotFoundError
+from app.edge.errors import JobExpiredError, JobNotFoundError
 from app.jobs.records import JobRecord
 from app.jobs.store import MAX_TOMBSTONES, TOMBSTONE_S, JobStore
+from app.media.encoding import EncodedResult
 
 PREFIX = "catvton:"
 ALL_KEY = PREFIX + "jobs"

@@ -13,7 +13,7 @@ import time
 from redis.asyncio import Redis
 
 from app.cache.results import ResultCache
-from app.encoding import EncodedImage, EncodedResult
+from app.media.encoding import EncodedImage, EncodedResult
 
 PREFIX = "catvton:cache:"
 LRU_KEY = PREFIX + "lru"  # key -> last use (Unix seconds)

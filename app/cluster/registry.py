@@ -23,6 +23,15 @@ KEY_PREFIX = "catvton:replica:"
 IDS_KEY = "catvton:replicas"
 
 
+class ReplicaGpu(TypedDict):
+    """A replica's CUDA memory in bytes (app/inference/contract.py's GpuMemory, as JSON)."""
+
+    name: str
+    allocated: int
+    reserved: int
+    total: int
+
+
 class ReplicaReport(TypedDict):
     """One try-on replica, as /health lists it."""
 
@@ -38,6 +47,7 @@ class ReplicaReport(TypedDict):
     device: str | None
     dtype: str | None
     model_identity: str  # weights, precision, device, size: part of the result cache key
+    gpu: ReplicaGpu | None  # None on the CPU
 
 
 class ReplicaRegistry:

@@ -1,6 +1,7 @@
 """What the ingress's routes and job runner use instead of the local worker: try-on replicas
-behind Serve, seen through the same `InferenceQueue` surface (app/work.py), so the routes and the
-runner are the single process's, unchanged.
+behind Serve, through the same `Worker` contract (app/inference/contract.py), so the routes, the
+runner, /health and /metrics are the single process's, unchanged. Its status extends the single
+process's with what only the cluster knows: the replicas and Redis (`ClusterStatus`).
 
 - Synchronous door: one Serve call per request; past Serve's queue bound (`max_queued_requests`)
   the 503 `gpu_busy` envelope; a client that leaves cancels the call (a queued one never runs).
@@ -21,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
@@ -28,7 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport, ReplicaView
-from app.errors import (
+from app.edge.errors import (
     ClientDisconnectedError,
     GPUBusyError,
     GPUOutOfMemoryError,
@@ -38,9 +40,18 @@ from app.errors import (
     ShuttingDownError,
     WorkerStoppedError,
 )
-from app.request_id import current_request_id
-from app.work import Door, QueuedWork, TryOnJob, TryOnOutcome, WorkListener
-from app.worker import InferenceListener
+from app.edge.request_id import current_request_id
+from app.inference.contract import (
+    Door,
+    GpuMemory,
+    InferenceListener,
+    QueuedWork,
+    TryOnJob,
+    TryOnOutcome,
+    WorkerState,
+    WorkerStatus,
+    WorkListener,
+)
 from catvton.errors import InferenceCanceledError
 
 logger = logging.getLogger(__name__)
@@ -74,8 +85,44 @@ def outcome_name(error: BaseException) -> str:
     return "canceled" if isinstance(error, InferenceCanceledError) else "error"
 
 
+@dataclass(frozen=True)
+class ClusterStatus(WorkerStatus):
+    """The single process's status plus the try-on replicas and Redis, as this ingress sees them."""
+
+    replicas: tuple[ReplicaReport, ...]
+    redis: str  # ok, or why Redis cannot be read
+
+    def extensions(self) -> dict[str, Any]:
+        return {
+            "replicas": [
+                {key: replica[key] for key in ("id", "status", "error", "inferences_served")}
+                for replica in self.replicas
+            ],
+            "redis": self.redis,
+        }
+
+
+def _pair(values: list[int] | None) -> tuple[int, int]:
+    assert values is not None and len(values) == 2
+    return values[0], values[1]
+
+
+def summed_gpu_memory(replicas: tuple[ReplicaReport, ...]) -> GpuMemory | None:
+    """The replicas' CUDA memory added up (one name when they share a model of GPU)."""
+    memories = [replica["gpu"] for replica in replicas if replica["gpu"] is not None]
+    if not memories:
+        return None
+    names = sorted({memory["name"] for memory in memories})
+    return GpuMemory(
+        name=", ".join(names) if len(memories) == 1 else f"{len(memories)} x {' / '.join(names)}",
+        allocated=sum(memory["allocated"] for memory in memories),
+        reserved=sum(memory["reserved"] for memory in memories),
+        total=sum(memory["total"] for memory in memories),
+    )
+
+
 class RemoteWorker:
-    """Try-on replicas seen as one worker (the `InferenceQueue` surface)."""
+    """Try-on replicas seen as one `Worker`."""
 
     def __init__(
         self,
@@ -97,6 +144,7 @@ class RemoteWorker:
         self._watcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[InferenceListener] = []
+        self._receiving: dict[Door, int] = {"sync": 0, "job": 0}  # admitted, still uploading
 
     # -- lifecycle (the app's lifespan) ----------------------------------------------------------
 
@@ -112,8 +160,9 @@ class RemoteWorker:
         self._loop = asyncio.get_running_loop()
         self._watcher = self._loop.create_task(self._watch_replicas())
 
-    def stop(self) -> None:
-        """Called from the thread pool at shutdown: cancel the watcher on its own loop."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Called from the thread pool at shutdown: cancel the watcher on its own loop (nothing
+        here runs on a thread, so there is nothing to wait `timeout` for)."""
         if self._loop is not None and self._watcher is not None:
             self._loop.call_soon_threadsafe(self._watcher.cancel)
 
@@ -122,18 +171,37 @@ class RemoteWorker:
             await self._view.refresh()
             await asyncio.sleep(HEARTBEAT_S / 2)
 
-    @property
-    def replicas(self) -> list[ReplicaReport]:
-        return self._view.replicas
+    # -- state, for admission, /health and /metrics ------------------------------------------------
 
-    @property
-    def redis_status(self) -> str:
-        return self._view.redis_status
+    def status(self) -> ClusterStatus:
+        replicas = tuple(self.replicas)
+        ready = self.ready_replica()
+        state = self._state()
+        reason = ShuttingDownError() if self.draining else self._unavailable()
+        busy = any(replica["busy"] for replica in replicas)
+        return ClusterStatus(
+            state=state,
+            draining=self.draining,
+            reason=reason,
+            error=reason.message if reason is not None and state == "error" else None,
+            model_loaded=ready is not None,
+            device=ready["device"] if ready else None,
+            dtype=ready["dtype"] if ready else None,
+            size=_pair(ready["output_size"]) if ready else None,
+            working_size=_pair(ready["size"]) if ready else None,
+            queue_depth=self._queue_depth(),
+            receiving=sum(self._receiving.values()),
+            queue_capacity=self.queue_capacity,
+            busy=busy,
+            idle=not self._in_flight and not self._job_tasks and not any(self._receiving.values()),
+            inferences_served=sum(replica["inferences_served"] for replica in replicas),
+            gpu=summed_gpu_memory(replicas),
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            replicas=replicas,
+            redis=self._view.redis_status,
+        )
 
-    # -- state, for admission and /health --------------------------------------------------------
-
-    @property
-    def state(self) -> str:
+    def _state(self) -> WorkerState:
         """ok while any replica can serve; error when every replica failed; else loading."""
         statuses = {replica["status"] for replica in self.replicas}
         if "ok" in statuses:
@@ -142,28 +210,15 @@ class RemoteWorker:
             return "error"
         return "loading"
 
-    @property
-    def inferences_served(self) -> int:
-        return sum(replica["inferences_served"] for replica in self.replicas)
-
-    @property
-    def busy(self) -> bool:
-        return any(replica["busy"] for replica in self.replicas)
-
-    @property
-    def queue_depth(self) -> int:
+    def _queue_depth(self) -> int:
         """Work of this ingress replica that no replica runs yet (an estimate: Serve does not
         expose its own queue)."""
         ready = sum(replica["status"] == "ok" for replica in self.replicas)
         return max(0, self._in_flight - ready) + len(self._waiting_jobs)
 
     @property
-    def models(self) -> ReplicaReport | None:
-        """Not models (they live in the replicas): a ready replica's report, or None. What the
-        single process's readers of `worker.models` test (/metrics' catvton_model_loaded)."""
-        return self.ready_replica()
-
-    device = None  # the devices are the replicas' (their reports name them)
+    def replicas(self) -> list[ReplicaReport]:
+        return self._view.replicas
 
     def ready_replica(self) -> ReplicaReport | None:
         return next((replica for replica in self.replicas if replica["status"] == "ok"), None)
@@ -173,17 +228,16 @@ class RemoteWorker:
         """The working size every replica loaded (one config for all); only once one is ready."""
         replica = self.ready_replica()
         assert replica is not None and replica["size"] is not None, "no replica is ready"
-        width, height = replica["size"]
-        return width, height
+        return _pair(replica["size"])
 
     @property
     def model_identity(self) -> str:
         replica = self.ready_replica()
         return replica["model_identity"] if replica else ""
 
-    def unavailable(self) -> ServiceError | None:
+    def _unavailable(self) -> ServiceError | None:
         """Why no try-on can be served at all (no replica ready yet, or all failed), or None."""
-        state = self.state
+        state = self._state()
         if state == "loading":
             return ModelsLoadingError("no try-on replica is ready yet")
         if state == "error":
@@ -198,7 +252,7 @@ class RemoteWorker:
     def check_accepting(self, door: Door = "sync") -> None:
         if self.draining:
             raise ShuttingDownError()
-        if (reason := self.unavailable()) is not None:
+        if (reason := self._unavailable()) is not None:
             raise reason
         if door == "job" and len(self._waiting_jobs) >= self.max_queued_jobs:
             raise GPUBusyError(f"{len(self._waiting_jobs)} jobs are already queued")
@@ -206,9 +260,14 @@ class RemoteWorker:
     @contextmanager
     def admission(self, door: Door = "sync") -> Iterator[None]:
         """Refuse before a byte is read when no replica can serve (or, for a job, when this
-        ingress's job queue is full). The synchronous bound is Serve's, checked by `run`."""
+        ingress's job queue is full). The synchronous bound is Serve's, checked by `run`. While
+        admitted, a request counts as `receiving` (this ingress replica's uploads)."""
         self.check_accepting(door)
-        yield
+        self._receiving[door] += 1
+        try:
+            yield
+        finally:
+            self._receiving[door] -= 1
 
     # -- the synchronous door --------------------------------------------------------------------
 
@@ -256,7 +315,7 @@ class RemoteWorker:
 
     def submit(self, job: TryOnJob, listener: WorkListener) -> QueuedWork:
         """Queue a job here and return at once; it reaches a replica when Serve has room."""
-        if (reason := self.unavailable()) is not None:
+        if (reason := self._unavailable()) is not None:
             raise reason
         loop = asyncio.get_running_loop()
         work = QueuedWork(

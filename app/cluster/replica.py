@@ -1,8 +1,9 @@
 """A try-on replica: the single process's worker and loading code, inside a Serve deployment.
 
 Each replica is one `InferenceWorker` (one device owner, models loaded once on its own thread by
-`app.models.load_models`), so a replica behaves exactly like the single process's worker: Serve's
-`max_ongoing_requests: 1` hands it one try-on at a time, the queue in front of it is Serve's.
+`app.inference.models.load_models`), so a replica behaves exactly like the single process's
+worker: Serve's `max_ongoing_requests: 1` hands it one try-on at a time, the queue in front of it
+is Serve's.
 A job's progress streams back to the ingress that submitted it (Serve's streaming call); that
 ingress writes it into the Redis job store, where every ingress replica reads it.
 """
@@ -22,12 +23,12 @@ from typing import Any
 from ray import serve
 
 from app.cluster.redis_client import connect
-from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport
-from app.models import Models, ProgressCallback, load_models
-from app.request_id import bind_request_id
+from app.cluster.registry import HEARTBEAT_S, ReplicaGpu, ReplicaRegistry, ReplicaReport
+from app.edge.request_id import bind_request_id
+from app.inference.contract import TryOnJob, TryOnOutcome
+from app.inference.models import Models, ProgressCallback, load_models
+from app.inference.worker import InferenceWorker
 from app.settings import Settings
-from app.work import TryOnJob, TryOnOutcome
-from app.worker import InferenceWorker
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,9 @@ class TryOnReplica:
     async def __init__(self, options: dict[str, Any]) -> None:
         settings = Settings(**options)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.worker = InferenceWorker(
-            partial(load_models_locked, settings),
-            queue_size=1,
-            queue_timeout=settings.queue_timeout,
+        # Serve's queue is in front of the replica: its own holds the one try-on it runs.
+        self.worker = InferenceWorker.from_settings(
+            settings.model_copy(update={"queue_size": 1}), partial(load_models_locked, settings)
         )
         self.worker.start()
         self.request_id: str | None = None  # of the try-on this replica runs
@@ -90,7 +90,7 @@ class TryOnReplica:
         self.heartbeat = asyncio.create_task(self.report_forever())
         # Serve routes requests to a replica once its constructor returns: only after the load,
         # so a replica still loading never answers "loading" while another one is ready.
-        while self.worker.state == "loading":
+        while self.worker.status().state == "loading":
             await asyncio.sleep(LOAD_POLL_S)
 
     async def infer(self, job: TryOnJob, request_id: str | None) -> TryOnOutcome:
@@ -140,24 +140,31 @@ class TryOnReplica:
 
     def check_health(self) -> None:
         """Serve restarts a replica whose models failed to load (or whose device thread died)."""
-        if self.worker.state == "error":
-            raise RuntimeError(f"try-on replica unusable: {self.worker.error}")
+        status = self.worker.status()
+        if status.state == "error":
+            raise RuntimeError(f"try-on replica unusable: {status.error}")
 
     def report(self) -> ReplicaReport:
-        models = self.worker.models
+        status = self.worker.status()
+        gpu = status.gpu
         return ReplicaReport(
             id=self.replica_id,
-            status=self.worker.state,
-            error=self.worker.error,
-            inferences_served=self.worker.inferences_served,
-            busy=self.worker.busy,
+            status=status.state,
+            error=status.error,
+            inferences_served=status.inferences_served,
+            busy=status.busy,
             request_id=self.request_id,
             pid=os.getpid(),
-            size=list(models.pipeline.size) if models else None,
-            output_size=list(models.output_size) if models else None,
-            device=str(models.pipeline.device) if models else None,
-            dtype=str(models.pipeline.dtype).removeprefix("torch.") if models else None,
+            size=list(status.working_size) if status.working_size else None,
+            output_size=list(status.size) if status.size else None,
+            device=status.device,
+            dtype=status.dtype,
             model_identity=self.worker.model_identity,
+            gpu=ReplicaGpu(
+                name=gpu.name, allocated=gpu.allocated, reserved=gpu.reserved, total=gpu.total
+            )
+            if gpu
+            else None,
         )
 
     async def report_forever(self) -> None:

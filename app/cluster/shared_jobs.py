@@ -26,7 +26,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.errors import (
+from app.edge.errors import (
     JobExpiredError,
     JobNotFoundError,
     ShuttingDownError,
@@ -56,7 +56,7 @@ class SharedJobRunner(JobRunner):
         redis: Redis,
         replica_id: str,
         *args: object,
-        drain_timeout: float = 30.0,
+        drain_timeout: float,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

@@ -1,2 +1,2 @@
-"""Try-on jobs (jobs.md): the store interface, the runner between the routes and the worker, the
+"""Try-on jobs: the store interface, the runner between the routes and the worker, the
 routes and their server-sent events."""

@@ -1,4 +1,4 @@
-"""The public job document (jobs.md), rendered from a stored record at the moment it is sent."""
+"""The public job document (README, "Try-on jobs"), rendered from a stored record when sent."""
 
 from __future__ import annotations
 

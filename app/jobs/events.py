@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.errors import JobExpiredError, JobNotFoundError
+from app.edge.errors import JobExpiredError, JobNotFoundError
 from app.jobs.documents import render_json
 from app.jobs.records import JobRecord
 from app.jobs.store import JobStore
 
-KEEPALIVE_S = 10  # jobs.md: a keep-alive at least every 15 s
+KEEPALIVE_S = 10  # the contract (README, "Try-on jobs"): a keep-alive at least every 15 s
 
 
 async def job_events(

@@ -58,7 +58,7 @@ class JobRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     job_id: str
-    client: str  # app.clients.client_id: idempotency keys are scoped by it
+    client: str  # app.edge.clients.client_id: idempotency keys are scoped by it
     request_id: str  # of the submitting request: the logs of the job's work carry it
     status: JobStatus = "queued"
     stage: JobStage | None = "queued"

@@ -1,8 +1,8 @@
-"""/api/try-on/jobs: submit, status, events, result, mask, cancel, delete (jobs.md).
+"""/api/try-on/jobs: submit, status, events, result, mask, cancel, delete (README, "Try-on jobs").
 
-Submitting runs the synchronous route's intake (app.stages: same upload caps, options, decoding
-and fitting, so every intake protection covers both doors), then hands stages 3 and 4 to the job
-runner and answers 202 at once.
+Submitting runs the same try-on flow as the synchronous route (app/inference/flow.py: the same
+upload caps, options, decoding, fitting and cache, so every intake protection covers both doors),
+then hands stages 3 and 4 to the job runner and answers 202 at once.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.access.limits import take_active_slot
-from app.clients import client_id
-from app.dependencies import CacheDep, IntakeDep, JobsDep, WorkerDep
-from app.encoding import EncodedResult
-from app.errors import (
+from app.edge.clients import client_id
+from app.edge.context import request_context
+from app.edge.dependencies import CacheDep, IntakeDep, JobsDep, WorkerDep
+from app.edge.errors import (
     IdempotencyKeyReusedError,
     InvalidFieldError,
     JobCanceledError,
@@ -27,13 +27,13 @@ from app.errors import (
     JobNotFoundError,
     error_responses,
 )
+from app.inference.flow import StageTimer, prepare_try_on, receive_try_on, success_body
 from app.jobs.documents import JOBS_PATH, JobDocument, render_json
 from app.jobs.events import event_stream
 from app.jobs.records import JOB_ID_PATTERN, JobRecord
 from app.jobs.store import JobStore
+from app.media.encoding import EncodedResult
 from app.routes.try_on import TRY_ON_REQUEST_BODY
-from app.stages import StageTimer, prepare_images, receive_try_on, success_body
-from app.work import TryOnJob
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
@@ -103,34 +103,27 @@ async def submit_job(
 
     # `submit` times the whole intake, up to the queued job (scripts/benchmark_jobs.py).
     with timer("submit"), worker.admission("job"):  # 503 before any byte: loading, full, ...
-        received = await receive_try_on(request, intake, timer)
-        options = received.options
-        request.state.usage_steps = options.num_inference_steps
+        # Receive, the result cache, then 1. decode and 2. preprocess (as the synchronous door)
+        prepared = await prepare_try_on(request, worker, intake, cache, timer)
+        received = prepared.received
         record = jobs.new_record(
             client=client,
-            request_id=request.state.request_id,
-            options=options,
+            request_id=request_context(request).request_id,
+            options=received.options,
             idempotency_key=key,
             fingerprint=await received.fingerprint() if key is not None else None,
         )
-        cache_key = await received.cache_key(worker.model_identity) if cache is not None else None
-        result = await cache.get(cache_key) if cache_key else None
-        if cache_key:  # the cache is consulted: a hit or a miss for the usage record and metrics
-            request.state.usage_cached = result is not None
-        if result is not None:
-            stored, created = await jobs.add_cached(record, result, timer=timer)
+        if prepared.cached is not None:
+            stored, created = await jobs.add_cached(record, prepared.cached, timer=timer)
         else:
-            size = worker.size
-            # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
-            images = await prepare_images(received, size, intake, timer)
             # 3. Infer and 4. encode: queued; the job runner takes it from here. The client's
             # active-work slot (--max-active-per-client) stays taken until the job is final.
             slot = take_active_slot(request)
             stored, created = await jobs.submit(
                 record,
-                TryOnJob(images=images, options=options),
+                prepared.job(),
                 timer=timer,
-                cache_key=cache_key,
+                cache_key=prepared.cache_key,
                 on_final=slot.release if slot is not None else None,
             )
     if not created:  # the same key sent twice at once: one job
@@ -166,7 +159,7 @@ async def get_job(job_id: JobId, jobs: JobsDep) -> Response:
 )
 async def job_events(job_id: JobId, request: Request, jobs: JobsDep) -> EventSourceResponse:
     await jobs.store.get(job_id)  # 404 / 410 as a plain answer, before the stream starts
-    return event_stream(jobs.store, job_id, request.state.request_id)
+    return event_stream(jobs.store, job_id, request_context(request).request_id)
 
 
 async def finished_result(store: JobStore, job_id: str) -> tuple[JobRecord, EncodedResult]:

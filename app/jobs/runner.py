@@ -16,13 +16,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from app.cache.results import ResultCache
-from app.encoding import EncodedResult
-from app.errors import JobExpiredError, JobNotFoundError, ServiceError
+from app.edge.errors import JobExpiredError, JobNotFoundError, ServiceError
+from app.edge.schemas import TryOnOptions
+from app.inference.contract import QueuedWork, TryOnJob, Worker
+from app.inference.flow import StageTimer, encode_outcome
 from app.jobs.records import JobError, JobOutput, JobRecord, new_job_id
 from app.jobs.store import JobStore
-from app.schemas import TryOnOptions
-from app.stages import StageTimer, encode_outcome
-from app.work import InferenceQueue, QueuedWork, TryOnJob
+from app.media.encoding import EncodedResult
 from catvton.errors import InferenceCanceledError, InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,7 @@ def job_error(exc: BaseException) -> JobError:
 class JobRunner:
     """Creates jobs, drives each through the worker into the store, cancels and deletes them."""
 
-    def __init__(
-        self, store: JobStore, worker: InferenceQueue, cache: ResultCache | None = None
-    ) -> None:
+    def __init__(self, store: JobStore, worker: Worker, cache: ResultCache | None = None) -> None:
         self.store = store
         self.worker = worker
         self.cache = cache
@@ -218,15 +216,11 @@ class JobRunner:
             await self._cancelled(job_id)
             return
         await self.store.update(job_id, stage="encoding")
-        timer.add_seconds(outcome.timings)
-        with timer("encode"):
-            result = await encode_outcome(outcome, work.job.options)
+        result = await encode_outcome(outcome, work.job.options, timer, self.cache, cache_key)
         if work.stop.is_set():
             await self._cancelled(job_id)
             return
         await self._succeed(job_id, result, timer, cached=False)
-        if cache_key is not None and self.cache is not None:
-            await self.cache.put(cache_key, result)
 
     async def _succeed(
         self, job_id: str, result: EncodedResult, timer: StageTimer, *, cached: bool

@@ -30,9 +30,9 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from app.encoding import EncodedResult
-from app.errors import JobExpiredError, JobNotFoundError
+from app.edge.errors import JobExpiredError, JobNotFoundError
 from app.jobs.records import JobRecord
+from app.media.encoding import EncodedResult
 
 TOMBSTONE_S = 24 * 3600
 MAX_TOMBSTONES = 100_000  # ~10 MB of ids; beyond it the oldest answer 404 instead of 410 early

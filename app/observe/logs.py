@@ -17,10 +17,10 @@ from typing import Any, Literal
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-from app.request_id import current_request_id
+from app.edge.request_id import current_request_id
 
 LogFormat = Literal["text", "json"]
-# The usage record's fields (operations.md, Logs), written by the access logger once per request.
+# The usage record's fields (README, "Logs"), written by the access logger once per request.
 USAGE_FIELDS = (
     *("client", "route", "status", "error", "seconds"),
     *("steps", "cached", "bytesIn", "bytesOut"),

@@ -1,4 +1,4 @@
-"""Prometheus metrics (operations.md, Metrics): one registry per app, bounded label values only.
+"""Prometheus metrics (README, "Metrics"): one registry per app, bounded label values only.
 
 A registry per app rather than prometheus-client's global one: the tests (and a cluster replica
 that builds several apps) create many apps in one process, and each /metrics must describe its own
@@ -10,9 +10,9 @@ from fixed sets. A scan of random URLs therefore adds no series.
 
 Hooks for the other concerns:
 - rejections (`catvton_rejected_total`) and cache hits (`catvton_cache_requests_total`) are counted
-  by the middleware from what the request leaves on its state: the error code that
-  `app.errors.error_response` records, and `request.state.usage_cached` (True: hit, False: miss).
-  Nothing to call: answer with the error envelope, set `usage_cached` where the cache is consulted.
+  by the middleware from the request's context (app/edge/context.py): the error code that the
+  error envelope records, and `cached` (True: hit, False: miss), which the try-on flow sets where
+  it consults the cache. Nothing to call.
 - `ServiceMetrics.watch_jobs(counts)`: an async callable returning the job store's
   `{status: count}`, awaited at each scrape for `catvton_jobs` (async: the store may be Redis).
 - `ServiceMetrics.observe_inference(outcome, stage_seconds)`: the worker's listener.
@@ -21,17 +21,16 @@ Hooks for the other concerns:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.routing import Match
 
-if TYPE_CHECKING:
-    from app.worker import InferenceWorker
+from app.edge.context import RequestContext
+from app.inference.contract import Worker
 
 UNMATCHED_ROUTE = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -52,17 +51,6 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 JobCounts = Callable[[], Awaitable[Mapping[str, int]]]
-
-
-def gpu_memory_bytes(device: torch.device | None) -> dict[str, int] | None:
-    """Allocated, reserved and total bytes of a CUDA device; None for any other device."""
-    if device is None or device.type != "cuda":
-        return None
-    return {
-        "allocated": torch.cuda.memory_allocated(device),
-        "reserved": torch.cuda.memory_reserved(device),
-        "total": torch.cuda.get_device_properties(device).total_memory,
-    }
 
 
 def route_template(scope: Mapping[str, Any]) -> str:
@@ -101,7 +89,7 @@ def method_label(method: str) -> str:
 class ServiceMetrics:
     """Every metric of the spec's table in one registry; `/metrics` renders `registry`."""
 
-    def __init__(self, worker: InferenceWorker) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "catvton_http_requests_total",
@@ -163,16 +151,16 @@ class ServiceMetrics:
                 self.jobs.labels(status).set(count)
 
     def observe_request(
-        self, route: str, method: str, status: int, seconds: float, state: Mapping[str, Any]
+        self, route: str, method: str, status: int, seconds: float, context: RequestContext
     ) -> None:
-        """One finished request; `state` is its `request.state` (error code, cache use)."""
+        """One finished request; `context` says its error code and cache use."""
         self.requests.labels(route, method_label(method), str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
-        if (reason := state.get("error_code")) in REJECTION_REASONS:
+        if (reason := context.error_code) in REJECTION_REASONS:
             self.rejected.labels(reason).inc()
-        cached = state.get("usage_cached")
-        if isinstance(cached, bool):
-            self.cache_requests.labels(CACHE_RESULTS[0] if cached else CACHE_RESULTS[1]).inc()
+        if context.cached is not None:
+            result = CACHE_RESULTS[0] if context.cached else CACHE_RESULTS[1]
+            self.cache_requests.labels(result).inc()
 
     def observe_inference(self, outcome: str, stage_seconds: Mapping[str, float]) -> None:
         """The worker's listener (device thread; prometheus-client is thread-safe)."""
@@ -186,24 +174,24 @@ def metrics_of(request: Request) -> ServiceMetrics:
 
 
 class _WorkerStateCollector(Collector):
-    """Gauges read from the worker at scrape time: always current, nothing to keep in step."""
+    """Gauges read from the worker's status at scrape time: always current, nothing to keep in
+    step (the same snapshot /health renders)."""
 
-    def __init__(self, worker: InferenceWorker) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
     def collect(self) -> Iterator[Metric]:
+        status = self.worker.status()
         yield GaugeMetricFamily(
-            "catvton_queue_depth", "Requests waiting for the device", value=self.worker.queue_depth
+            "catvton_queue_depth", "Requests waiting for the device", value=status.queue_depth
         )
         yield GaugeMetricFamily(
-            "catvton_model_loaded",
-            "1 once the models are loaded",
-            value=int(self.worker.models is not None),
+            "catvton_model_loaded", "1 once the models are loaded", value=int(status.model_loaded)
         )
-        if (memory := gpu_memory_bytes(self.worker.device)) is not None:
+        if (memory := status.gpu) is not None:
             gpu = GaugeMetricFamily(
                 "catvton_gpu_memory_bytes", "CUDA memory of the device, by kind", labels=["kind"]
             )
-            for kind, value in memory.items():
-                gpu.add_metric([kind], value)
+            for kind in ("allocated", "reserved", "total"):
+                gpu.add_metric([kind], getattr(memory, kind))
             yield gpu

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.clients import client_id
+from app.edge.clients import client_id
+from app.edge.context import request_context
 from app.observe.logs import log_usage
 from app.observe.metrics import ServiceMetrics, route_template
 
@@ -32,7 +32,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        state: dict[str, Any] = scope.setdefault("state", {})
+        context = request_context(scope)
         status = 0
         bytes_in = bytes_out = 0
 
@@ -56,20 +56,20 @@ class RequestObserver:
         except Exception:
             # ServerErrorMiddleware, further out, answers 500 with the envelope.
             status = status or 500
-            state.setdefault("error_code", "internal_error")
+            context.error_code = context.error_code or "internal_error"
             raise
         finally:
             seconds = time.perf_counter() - started
             route = route_template(scope)
-            self.metrics.observe_request(route, scope["method"], status, seconds, state)
+            self.metrics.observe_request(route, scope["method"], status, seconds, context)
             usage = {
                 "client": client_id(HTTPConnection(scope)),
                 "route": route,
                 "status": status,
-                "error": state.get("error_code") if status >= 400 else None,
+                "error": context.error_code if status >= 400 else None,
                 "seconds": round(seconds, 4),
-                "steps": state.get("usage_steps"),
-                "cached": state.get("usage_cached"),
+                "steps": context.steps,
+                "cached": context.cached,
                 "bytesIn": bytes_in,
                 "bytesOut": bytes_out,
             }

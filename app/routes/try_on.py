@@ -8,19 +8,13 @@ from functools import partial
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import CacheDep, IntakeDep, WorkerDep
-from app.encoding import EncodedResult
-from app.errors import error_responses
-from app.schemas import TryOnOptions, TryOnResponse
-from app.stages import (
-    StageTimer,
-    encode_outcome,
-    prepare_images,
-    receive_try_on,
-    success_body,
-)
-from app.uploads import FILE_FIELDS
-from app.work import TryOnJob
+from app.edge.context import request_context
+from app.edge.dependencies import CacheDep, IntakeDep, WorkerDep
+from app.edge.errors import error_responses
+from app.edge.schemas import TryOnOptions, TryOnResponse
+from app.inference.flow import StageTimer, encode_outcome, prepare_try_on, success_body
+from app.media.encoding import EncodedResult
+from app.media.uploads import FILE_FIELDS
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["try-on"])
@@ -65,34 +59,21 @@ async def try_on(
     """Multipart in (person_image, cloth_image, optional mask_image and options), JSON out."""
     timer = StageTimer()
     with worker.admission():  # loading, failed or full: 503 before reading megabytes
-        received = await receive_try_on(request, intake, timer)  # 408/413/422 at once
-        options = received.options
-        request.state.usage_steps = options.num_inference_steps
-        key = await received.cache_key(worker.model_identity) if cache is not None else None
-        if key:  # the cache is consulted: a hit or a miss for the usage record and metrics
-            result = await cache.get(key)
-            request.state.usage_cached = result is not None
-            if result is not None:
-                return await respond(request, result, options, timer, cached=True)
-        size = worker.size
+        # Receive (408/413/422 at once), the result cache, then 1. decode and 2. preprocess
+        # (thread pool): bytes -> RGB images at the working size
+        prepared = await prepare_try_on(request, worker, intake, cache, timer)
+        if prepared.cached is not None:
+            return await respond(request, prepared.cached, prepared.options, timer, cached=True)
 
-        # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
-        images = await prepare_images(received, size, intake, timer)
-
-    # 3. Infer (the single device worker): mask unless given -> pipeline -> image
+    # 3. Infer (the worker): mask unless given -> pipeline -> image
     with timer("infer"):
         outcome = await worker.run(
-            TryOnJob(images=images, options=options),
-            disconnected=partial(wait_for_disconnect, request),
+            prepared.job(), disconnected=partial(wait_for_disconnect, request)
         )
-    timer.add_seconds(outcome.timings)
 
-    # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG
-    with timer("encode"):
-        result = await encode_outcome(outcome, options)
-    if key:
-        await cache.put(key, result)
-    return await respond(request, result, options, timer, cached=False)
+    # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG; kept in the result cache
+    result = await encode_outcome(outcome, prepared.options, timer, cache, prepared.cache_key)
+    return await respond(request, result, prepared.options, timer, cached=False)
 
 
 async def respond(
@@ -116,7 +97,7 @@ async def respond(
     content = await run_in_threadpool(
         success_body,
         result,
-        request_id=request.state.request_id,
+        request_id=request_context(request).request_id,
         timings_ms=timings_ms,
         cached=cached,
         return_mask=options.return_mask,

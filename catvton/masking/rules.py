@@ -1,8 +1,8 @@
 """From three label maps and a cloth type to the repaint mask: plain numpy and OpenCV, no model.
 
 The maps are DensePose body parts (0..24), ATR parsing (0..17) and LIP parsing (0..19), all at the
-cropped person size. `build_mask` follows the 13 steps of `automasker.md`; the tables below are its
-"parts per cloth type" table, by part name, so each line can be checked against the spec.
+cropped person size. `build_mask` follows the 13 steps of the reference's mask rules; the tables
+below are its "parts per cloth type" table, by part name, so each line can be checked by name.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from fastapi import FastAPI
 from PIL import Image
 
 from app.__main__ import server_options
+from app.inference.models import Models, ProgressCallback, load_models
+from app.inference.worker import InferenceWorker
 from app.main import create_app
-from app.models import Models, ProgressCallback, load_models
 from app.settings import Settings
-from app.worker import InferenceWorker
 from catvton.tiny import TINY_SIZE
 
 TINY_SIZE_TEXT = f"{TINY_SIZE[0]}x{TINY_SIZE[1]}"
@@ -73,7 +73,7 @@ def held_back_worker(settings: Settings, released: threading.Event) -> Inference
         released.wait(60)
         return load_models(settings, progress)
 
-    return InferenceWorker(load_when_released, queue_size=settings.queue_size)
+    return InferenceWorker.from_settings(settings, load_when_released)
 
 
 def wait_until_ready(base_url: str, timeout: float = 120.0) -> dict:

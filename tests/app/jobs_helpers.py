@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -24,9 +23,8 @@ from http_helpers import SLOW as SLOW
 from http_helpers import post_parts, serve, tiny_settings, try_on_parts, wait_until_ready
 from PIL import Image
 
-from app.models import load_models
-from app.request_id import current_request_id
-from app.worker import InferenceWorker
+from app.edge.request_id import current_request_id
+from app.inference.worker import InferenceWorker
 
 JOBS = "/api/try-on/jobs"
 
@@ -35,11 +33,7 @@ JOBS = "/api/try-on/jobs"
 def jobs_server(tiny_weights: Path, **overrides: object) -> Iterator[tuple[str, InferenceWorker]]:
     """A loaded server (tiny weights) and its worker, whose UNet the tests may hook."""
     settings = tiny_settings(tiny_weights, **overrides)
-    worker = InferenceWorker(
-        partial(load_models, settings),
-        queue_size=settings.queue_size,
-        max_queued_jobs=settings.max_queued_jobs,
-    )
+    worker = InferenceWorker.from_settings(settings)
     with serve(settings, worker) as base_url:
         assert wait_until_ready(base_url)["status"] == "ok"
         yield base_url, worker
@@ -132,8 +126,8 @@ class UNetCalls:
 
 @contextmanager
 def counting_unet_calls(worker: InferenceWorker) -> Iterator[UNetCalls]:
-    assert worker.models is not None
-    calls = UNetCalls(worker.models.pipeline.unet)
+    assert worker.device.models is not None
+    calls = UNetCalls(worker.device.models.pipeline.unet)
     try:
         yield calls
     finally:

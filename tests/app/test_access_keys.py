@@ -19,7 +19,7 @@ from app.access.limits import (
     parse_rate_limit,
     take_active_slot,
 )
-from app.clients import UNKNOWN_CLIENT, client_ip
+from app.edge.clients import UNKNOWN_CLIENT, client_ip
 
 ALICE_KEY = "alice-0123456789abcdef"
 BOB_KEY = "bob-0123456789abcdefgh"

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from app.access.limits import ActiveWork, InMemoryActiveWork
-from app.errors import TooManyActiveRequestsError
+from app.edge.errors import TooManyActiveRequestsError
 
 CAP = 2
 NewActiveWork = Callable[[], Awaitable[ActiveWork]]  # a replica's counts, capped at CAP

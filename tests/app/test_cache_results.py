@@ -11,9 +11,9 @@ import pytest
 
 from app.cache.keys import cache_key, hash_files, request_fingerprint
 from app.cache.results import InMemoryResultCache, ResultCache
-from app.encoding import EncodedImage, EncodedResult
-from app.schemas import TryOnOptions
-from app.uploads import ReceivedForm, Upload
+from app.edge.schemas import TryOnOptions
+from app.media.encoding import EncodedImage, EncodedResult
+from app.media.uploads import ReceivedForm, Upload
 
 MAX_BYTES = 300
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.encoding import encode_image
+from app.media.encoding import encode_image
 
 
 def result_like_image() -> Image.Image:

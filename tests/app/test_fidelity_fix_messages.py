@@ -16,7 +16,7 @@ import huggingface_hub.constants
 import pytest
 from pydantic_settings import CliApp
 
-from app.models import load_models
+from app.inference.models import load_models
 from app.settings import Settings
 from catvton.cli import build_parser, main
 from catvton.errors import WeightsNotFoundError

@@ -9,7 +9,7 @@ import torch
 from http_helpers import tiny_settings
 from pydantic_settings import CliApp
 
-from app.models import load_models
+from app.inference.models import load_models
 from app.settings import Settings
 
 

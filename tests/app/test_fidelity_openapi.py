@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 from http_helpers import multipart, serve, tiny_settings
 
-from app.models import Models, ProgressCallback
-from app.worker import InferenceWorker
+from app.inference.models import Models, ProgressCallback
+from app.inference.worker import InferenceWorker
 
 UNDECODABLE = b"not an image"
 UNKNOWN_ID = "does-not-exist"
@@ -223,7 +223,7 @@ def test_every_field_and_every_error_status_is_what_the_server_does(
         raise RuntimeError("the test is over")
 
     settings = tiny_settings(tiny_weights)
-    with serve(settings, InferenceWorker(load_never)) as loading_url:
+    with serve(settings, InferenceWorker.from_settings(settings, load_never)) as loading_url:
         for path, method, operation in operations(schema):
             response = send(loading_url, schema, path, method, operation)
             observed[(path, method)].setdefault(response.status_code, response)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -17,8 +16,7 @@ from http_helpers import (
     wait_until_ready,
 )
 
-from app.models import load_models
-from app.worker import InferenceWorker
+from app.inference.worker import InferenceWorker
 
 FAST = {"num_inference_steps": "10"}
 
@@ -30,7 +28,7 @@ def raise_out_of_memory(module: torch.nn.Module, args: tuple) -> None:
 @pytest.mark.gpu
 def test_cuda_try_on_reports_memory_and_recovers_from_out_of_memory(tiny_weights: Path) -> None:
     settings = tiny_settings(tiny_weights, device="cuda", dtype="fp16")
-    worker = InferenceWorker(partial(load_models, settings), queue_size=settings.queue_size)
+    worker = InferenceWorker.from_settings(settings)
     with serve(settings, worker) as base_url:
         body = wait_until_ready(base_url)
         assert (body["status"], body["dtype"]) == ("ok", "float16")
@@ -42,8 +40,8 @@ def test_cuda_try_on_reports_memory_and_recovers_from_out_of_memory(tiny_weights
         # empty_cache() after the inference: little is cached beyond what the tensors hold.
         assert gpu["reserved_mb"] - gpu["allocated_mb"] < 64
 
-        assert worker.models is not None
-        handle = worker.models.pipeline.unet.register_forward_pre_hook(raise_out_of_memory)
+        assert worker.device.models is not None
+        handle = worker.device.models.pipeline.unet.register_forward_pre_hook(raise_out_of_memory)
         try:
             refused = post_try_on(base_url, try_on_parts(**FAST))
         finally:

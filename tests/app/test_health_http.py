@@ -19,9 +19,9 @@ from http_helpers import (
     wait_until_ready,
 )
 
-from app.models import Models, ProgressCallback
+from app.inference.models import Models, ProgressCallback
+from app.inference.worker import InferenceWorker
 from app.settings import Settings
-from app.worker import InferenceWorker
 
 
 def timed_health(client: httpx.Client) -> tuple[httpx.Response, float]:
@@ -99,7 +99,7 @@ def test_a_loader_that_raises_a_base_exception_reports_error_not_loading(tmp_pat
     def exit_while_loading(progress: ProgressCallback) -> Models:
         raise SystemExit("a library called sys.exit()")
 
-    worker = InferenceWorker(exit_while_loading)
+    worker = InferenceWorker.from_settings(settings, exit_while_loading)
     with serve(settings, worker) as base_url:
         body = wait_until_ready(base_url, timeout=10)
         assert (body["status"], body["model_loaded"]) == ("error", False)

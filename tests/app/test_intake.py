@@ -1,4 +1,5 @@
-"""Upload decoding: bad and odd uploads, generated in code, against `app.intake.decode_image`."""
+"""Upload decoding: bad and odd uploads, generated in code, against `decode_image`
+(app/media/intake.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from http_helpers import heic_bytes, multipart, try_on_parts
 from PIL import Image
 from starlette.requests import Request
 
-from app.decoding import decode_image, sniff_format
-from app.errors import InvalidFieldError, PayloadTooLargeError, UnsupportedImageError
-from app.uploads import Upload, UploadLimits, receive_upload
+from app.edge.errors import InvalidFieldError, PayloadTooLargeError, UnsupportedImageError
+from app.media.decoding import decode_image, sniff_format
+from app.media.uploads import Upload, UploadLimits, receive_upload
+from app.settings import Settings
 
 SIZE = (96, 128)
-MAX_PIXELS = 40_000_000
+DEFAULTS = Settings()
+MAX_PIXELS = DEFAULTS.max_image_pixels
+# What the server decodes with: the settings' defaults, written once there.
+LIMITS = {"max_pixels": MAX_PIXELS, "max_jpeg_scans": DEFAULTS.max_jpeg_scans}
 
 
 def encode(image: Image.Image, image_format: str, **params) -> bytes:
@@ -40,7 +45,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def decode(data: bytes, field: str = "person_image", **kwargs) -> Image.Image:
-    return decode_image(Upload(field=field, data=data), size=SIZE, max_pixels=MAX_PIXELS, **kwargs)
+    return decode_image(Upload(field=field, data=data), size=SIZE, **{**LIMITS, **kwargs})
 
 
 def photo(size: tuple[int, int] = (60, 80)) -> Image.Image:
@@ -115,7 +120,7 @@ def test_pixel_bomb_is_refused_before_decoding(side: int) -> None:
 def test_heic_pixel_cap_uses_the_header() -> None:
     data = heic_bytes(photo((64, 64)))
     with pytest.raises(PayloadTooLargeError, match="megapixels"):
-        decode_image(Upload("person_image", data), size=SIZE, max_pixels=1000)
+        decode_image(Upload("person_image", data), size=SIZE, **{**LIMITS, "max_pixels": 1000})
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -177,7 +182,7 @@ def test_a_transparent_mask_background_means_keep_whatever_its_colour() -> None:
 
 def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
     data = encode(photo((1600, 1200)), "JPEG")
-    image = decode_image(Upload("person_image", data), size=(192, 256), max_pixels=MAX_PIXELS)
+    image = decode_image(Upload("person_image", data), size=(192, 256), **LIMITS)
     # 1/4 scale still covers 192x256 in both directions; 1/8 would not.
     assert image.size == (400, 300)
 
@@ -186,7 +191,7 @@ def test_reduced_scale_accounts_for_exif_rotation() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encode(photo((1600, 1200)), "JPEG", exif=exif.tobytes())
-    image = decode_image(Upload("person_image", data), size=(300, 400), max_pixels=MAX_PIXELS)
+    image = decode_image(Upload("person_image", data), size=(300, 400), **LIMITS)
     assert image.size == (300, 400)  # displayed portrait; 1/4 scale of the stored landscape
 
 
@@ -204,7 +209,16 @@ def streamed_request(chunks: Iterable[bytes], content_type: str) -> Request:
 
 def receive(chunks: Iterable[bytes], content_type: str) -> object:
     request = streamed_request(chunks, content_type)
-    return asyncio.run(receive_upload(request, UploadLimits(max_file_bytes=1024 * 1024)))
+    return asyncio.run(
+        receive_upload(
+            request,
+            UploadLimits(
+                max_file_bytes=1024 * 1024,
+                timeout=DEFAULTS.upload_timeout,
+                idle_timeout=DEFAULTS.upload_idle_timeout,
+            ),
+        )
+    )
 
 
 def test_a_chunked_body_is_capped_also_outside_the_parts() -> None:

@@ -26,7 +26,7 @@ from jobs_helpers import (
 )
 from PIL import Image
 
-from app.worker import InferenceWorker
+from app.inference.worker import InferenceWorker
 from catvton.tiny import TINY_SIZE
 
 

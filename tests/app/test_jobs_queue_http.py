@@ -33,8 +33,8 @@ from jobs_helpers import (
     wait_for_job,
 )
 
-from app.request_id import current_request_id
-from app.worker import InferenceWorker
+from app.edge.request_id import current_request_id
+from app.inference.worker import InferenceWorker
 
 MAX_QUEUED_JOBS = 3
 
@@ -104,8 +104,8 @@ def test_a_cancel_of_a_job_the_worker_just_took_stops_it_before_any_unet_call(
     """The cancel arrives while the AutoMasker runs for the job: it is running (202), and it
     ends canceled at its first denoising step."""
     base_url, worker = queue_server
-    assert worker.models is not None
-    masker = worker.models.masker
+    assert worker.device.models is not None
+    masker = worker.device.models.masker
     request_id = "cancel-just-taken"
     answers: list[httpx.Response] = []
     job: dict = {}
@@ -171,13 +171,13 @@ def test_an_out_of_memory_job_fails_with_its_code_and_the_next_one_succeeds(
     queue_server: tuple[str, InferenceWorker],
 ) -> None:
     base_url, worker = queue_server
-    assert worker.models is not None
+    assert worker.device.models is not None
 
     def run_out_of_memory_once(module: torch.nn.Module, args: tuple) -> None:
         handle.remove()
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    handle = worker.models.pipeline.unet.register_forward_pre_hook(run_out_of_memory_once)
+    handle = worker.device.models.pipeline.unet.register_forward_pre_hook(run_out_of_memory_once)
     failed = wait_final(base_url, submit(base_url, masked_parts(seed="-1", **FAST)).json()["jobId"])
     assert failed["status"] == "failed"
     assert failed["error"]["error"] == "gpu_out_of_memory"

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from app.encoding import EncodedImage, EncodedResult
-from app.errors import JobExpiredError, JobNotFoundError
+from app.edge.errors import JobExpiredError, JobNotFoundError
 from app.jobs.records import JobRecord, new_job_id
 from app.jobs.store import TOMBSTONE_S, InMemoryJobStore, JobStore
+from app.media.encoding import EncodedImage, EncodedResult
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ import pytest
 from http_helpers import FAST, assert_envelope, post_try_on, try_on_parts, wait_for_health
 from process_helpers import app_process
 
-from app.lifecycle import RESPONSE_GRACE_S
+from app.edge.lifecycle import RESPONSE_GRACE_S
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import pytest
 from process_helpers import REPO_ROOT
 from starlette.types import Message, Receive, Scope, Send
 
+from app.edge.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.observe.logs import escape_control_characters
-from app.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 
 
 def test_control_characters_are_escaped_and_plain_text_is_kept() -> None:

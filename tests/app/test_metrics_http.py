@@ -6,7 +6,6 @@ import asyncio
 import random
 import string
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -22,10 +21,9 @@ from http_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.models import load_models
+from app.inference.worker import InferenceWorker
 from app.observe.metrics import UNMATCHED_ROUTE, ServiceMetrics
 from app.settings import Settings
-from app.worker import InferenceWorker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -130,7 +128,7 @@ def test_state_gauges_and_no_gpu_series_on_the_cpu(server: str) -> None:
 
 def test_draining_answers_health_503_and_counts_the_refused_try_on(tiny_weights: Path) -> None:
     settings = tiny_settings(tiny_weights)
-    worker = InferenceWorker(partial(load_models, settings))
+    worker = InferenceWorker.from_settings(settings)
     with serve(settings, worker) as base_url:
         wait_until_ready(base_url)
         before = scrape(base_url)
@@ -146,7 +144,7 @@ def test_draining_answers_health_503_and_counts_the_refused_try_on(tiny_weights:
 
 def test_job_counts_are_read_at_each_scrape_once_a_store_is_watched() -> None:
     """The hook the job routes use: an async `{status: count}` (the store may be Redis)."""
-    metrics = ServiceMetrics(InferenceWorker(partial(load_models, Settings())))
+    metrics = ServiceMetrics(InferenceWorker.from_settings(Settings()))
     counts = {"queued": 2, "running": 1}
 
     async def job_counts() -> dict[str, int]:

@@ -48,8 +48,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from app.models import load_models
-from app.worker import InferenceWorker
+from app.inference.models import load_models
+from app.inference.worker import InferenceWorker
 from catvton.tiny import TINY_SIZE
 
 BROWSER_PATHS = require_browser()  # before any fixture: one skip line for the module, or CI fails
@@ -94,11 +94,8 @@ def page_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
     """The app as `--demo` serves it (the banner, /health's `demo`), its worker loading the
     session's tiny weights rather than writing the same tiny weights again (6 s)."""
     settings = tiny_settings(tiny_weights, demo=True, max_queued_jobs=1)
-    worker = InferenceWorker(
-        partial(load_models, tiny_settings(tiny_weights)),
-        queue_size=settings.queue_size,
-        queue_timeout=settings.queue_timeout,
-        max_queued_jobs=settings.max_queued_jobs,
+    worker = InferenceWorker.from_settings(
+        settings, partial(load_models, tiny_settings(tiny_weights))
     )
     with serve(settings, worker) as base_url:
         assert wait_until_ready(base_url)["status"] == "ok"
@@ -155,7 +152,7 @@ class DemoPage:
         choose_photos(self.driver, self.photos[person], self.photos["garment"], steps)
 
     def hold_unet(self, hold_at: int) -> StepGate:
-        return StepGate(self.worker.models.pipeline.unet, hold_at)
+        return StepGate(self.worker.device.models.pipeline.unet, hold_at)
 
     def shot(self, name: str) -> None:
         screenshot(self.driver, self.screenshots, name)

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,8 +33,7 @@ from http_helpers import (
     wait_until_ready,
 )
 
-from app.models import load_models
-from app.worker import InferenceWorker
+from app.inference.worker import InferenceWorker
 
 
 class UNetProbe:
@@ -72,9 +70,7 @@ class UNetProbe:
 def queue_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
     # No result cache: these tests send the same fixed-seed request again and need the model to run.
     settings = tiny_settings(tiny_weights, queue_size=2, queue_timeout=120, cache_mb=0)
-    worker = InferenceWorker(
-        partial(load_models, settings), queue_size=2, queue_timeout=settings.queue_timeout
-    )
+    worker = InferenceWorker.from_settings(settings)
     with serve(settings, worker) as base_url:
         assert wait_until_ready(base_url)["status"] == "ok"
         yield base_url, worker
@@ -97,8 +93,8 @@ def test_queue_full_gets_503_at_once_and_admitted_requests_run_one_at_a_time(
     queue_server: tuple[str, InferenceWorker],
 ) -> None:
     base_url, worker = queue_server
-    assert worker.models is not None
-    probe = UNetProbe(worker.models.pipeline.unet)
+    assert worker.device.models is not None
+    probe = UNetProbe(worker.device.models.pipeline.unet)
     served_before = health(base_url)["inferences_served"]
     pool = ThreadPoolExecutor(max_workers=4)
     try:
@@ -142,8 +138,8 @@ def test_injected_out_of_memory_gives_503_then_the_next_request_succeeds(
     queue_server: tuple[str, InferenceWorker],
 ) -> None:
     base_url, worker = queue_server
-    assert worker.models is not None
-    unet = worker.models.pipeline.unet
+    assert worker.device.models is not None
+    unet = worker.device.models.pipeline.unet
 
     def run_out_of_memory_once(module: torch.nn.Module, args: tuple) -> None:
         handle.remove()
@@ -176,8 +172,8 @@ def test_a_job_that_raises_stop_iteration_gets_500_and_the_worker_serves_on(
     """An asyncio future refuses StopIteration: unwrapped, the request would hang for good."""
     caplog.set_level(logging.INFO, logger="app.access")
     base_url, worker = queue_server
-    assert worker.models is not None
-    unet = worker.models.pipeline.unet
+    assert worker.device.models is not None
+    unet = worker.device.models.pipeline.unet
 
     def raise_stop_iteration_once(module: torch.nn.Module, args: tuple) -> None:
         handle.remove()

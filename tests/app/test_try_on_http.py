@@ -49,7 +49,7 @@ def test_success_has_the_contract_fields_and_a_working_size_png(
     assert (body["width"], body["height"]) == TINY_SIZE
     # The id reaches the log lines of the request, also those the device thread writes.
     tagged = {record.name for record in caplog.records if record.request_id == "app-42"}
-    assert {"app.access", "app.worker"} <= tagged
+    assert {"app.access", "app.inference.models"} <= tagged
 
 
 def test_react_native_style_multipart_with_jpeg_output(tiny_server: str) -> None:

@@ -21,7 +21,7 @@ def test_warm_up_runs_before_health_says_ok_and_auto_skips_it_on_the_cpu(
         metrics = httpx.get(f"{base_url}/metrics").text
     assert body["status"] == "ok"
     # The worker logs its loading steps and "models loaded"; the loader logs the warm-up's time.
-    loggers = {"app.worker", "app.models"}
+    loggers = {"app.inference.device", "app.inference.models"}
     messages = [record.getMessage() for record in caplog.records if record.name in loggers]
     loaded = next(i for i, message in enumerate(messages) if message.startswith("models loaded"))
     warmed = [i for i, message in enumerate(messages) if message.startswith("warm-up done in")]
@@ -38,7 +38,7 @@ def test_warm_up_runs_before_health_says_ok_and_auto_skips_it_on_the_cpu(
 def test_auto_warms_up_on_cuda_and_metrics_report_gpu_memory(
     tiny_weights: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.models")
+    caplog.set_level(logging.INFO, logger="app.inference.models")
     settings = tiny_settings(tiny_weights, device="cuda", dtype="fp16")
     with serve(settings) as base_url:
         assert wait_until_ready(base_url)["status"] == "ok"

@@ -2,7 +2,7 @@
 its jobs finish within the drain timeout, or fail `shutting_down`, recorded in the shared store.
 
 The real parts, in one process: the single process's `InferenceWorker` on tiny weights (the same
-`InferenceQueue` surface the ingress's remote worker has), the Redis job store on a real
+`Worker` contract the ingress's remote worker has), the Redis job store on a real
 redis-server, and the runner's lifespan (`running()`) entered and left as Serve's would be.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,13 @@ from redis.asyncio import Redis
 
 from app.cluster.redis_jobs import RedisJobStore
 from app.cluster.shared_jobs import LEASE_PREFIX, SharedJobRunner
-from app.errors import ShuttingDownError
-from app.intake import TryOnImages
+from app.edge.errors import ShuttingDownError
+from app.edge.schemas import TryOnOptions
+from app.inference.contract import TryOnJob
+from app.inference.flow import StageTimer
+from app.inference.worker import InferenceWorker
 from app.jobs.records import JobRecord
-from app.models import load_models
-from app.schemas import TryOnOptions
-from app.stages import StageTimer
-from app.work import TryOnJob
-from app.worker import InferenceWorker
+from app.media.intake import TryOnImages
 
 pytestmark = pytest.mark.anyio
 
@@ -39,12 +37,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def worker(tiny_weights: Path) -> AsyncIterator[InferenceWorker]:
-    settings = tiny_settings(tiny_weights)
-    loaded = InferenceWorker(partial(load_models, settings), queue_size=4, max_queued_jobs=4)
+    settings = tiny_settings(tiny_weights, queue_size=4, max_queued_jobs=4)
+    loaded = InferenceWorker.from_settings(settings)
     loaded.start()
-    while loaded.state == "loading":
+    while loaded.status().state == "loading":
         await asyncio.sleep(0.05)
-    assert loaded.state == "ok", loaded.error
+    assert loaded.status().state == "ok", loaded.status().error
     yield loaded
     await asyncio.to_thread(loaded.stop)
 

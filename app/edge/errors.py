@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from app.request_id import REQUEST_ID_HEADER, current_request_id
-from app.schemas import ErrorResponse
+from app.edge.context import request_context
+from app.edge.request_id import REQUEST_ID_HEADER, current_request_id
+from app.edge.schemas import ErrorResponse
 from catvton.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class ShuttingDownError(ServiceError):
         super().__init__(f"The server is shutting down{suffix}; try again in a few seconds.")
 
 
-# -- jobs (jobs.md) ----------------------------------------------------------------------------
+# -- jobs -------------------------------------------------------------------------------------
 
 
 class JobNotFoundError(ServiceError):
@@ -272,10 +273,11 @@ def error_response(
 ) -> JSONResponse:
     """The envelope; the request id goes into both body and header, also for crashes.
 
-    The code is also left on `request.state.error_code`, for the usage record and the metrics.
+    The code is also left on the request's context, for the usage record and the metrics.
     """
-    request.state.error_code = code
-    request_id = getattr(request.state, "request_id", None) or current_request_id()
+    context = request_context(request)
+    context.error_code = code
+    request_id = context.request_id or current_request_id()
     headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
     if retry_after_s is not None:
         headers["Retry-After"] = str(retry_after_s)

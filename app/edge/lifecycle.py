@@ -1,4 +1,4 @@
-"""Stopping cleanly (operations.md, Lifecycle): drain on SIGTERM/SIGINT, then exit 0.
+"""Stopping cleanly: drain on SIGTERM/SIGINT, then exit 0.
 
 uvicorn's own handler stops accepting connections at the first signal, so a load balancer would
 see refused connections and the queued try-ons would be lost. Here the first signal only starts a
@@ -18,7 +18,7 @@ from types import FrameType
 
 import uvicorn
 
-from app.worker import InferenceWorker
+from app.inference.contract import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ DRAIN_POLL_S = 0.05
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, worker: InferenceWorker, drain_timeout: float):
+    def __init__(self, config: uvicorn.Config, worker: Worker, drain_timeout: float):
         config.timeout_graceful_shutdown = RESPONSE_GRACE_S
         super().__init__(config)
         self.worker = worker
@@ -54,9 +54,9 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         started = time.monotonic()
         self.worker.begin_drain()
-        while not self.worker.idle and time.monotonic() - started < self.drain_timeout:
+        while not self.worker.status().idle and time.monotonic() - started < self.drain_timeout:
             await asyncio.sleep(DRAIN_POLL_S)
-        if self.worker.idle:
+        if self.worker.status().idle:
             logger.info("drained in %.1f s; shutting down", time.monotonic() - started)
         else:
             logger.warning(
@@ -72,10 +72,11 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def exit_after_serving(worker: InferenceWorker) -> None:
+def exit_after_serving(worker: Worker) -> None:
     """Return normally, or, if the device thread is still at work (an inference past the drain
     timeout, whose client has been answered, or a load cut short), exit 0 at once: tearing the
     interpreter down under a running torch thread aborts the process ("terminate called without
     an active exception", status -6)."""
-    if worker.busy or worker.state == "loading":
+    status = worker.status()
+    if status.busy or status.state == "loading":
         exit_now(0)

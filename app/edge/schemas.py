@@ -1,7 +1,8 @@
 """What goes in and out over HTTP: the try-on form's options, the try-on response, the health body.
 
-Field names follow `api.md` exactly (the Expo app is written against them): camelCase in the try-on
-response (`imageBase64`, `requestId`), snake_case in the form and in /health (`model_loaded`).
+Field names follow the published contract (README, "API") exactly (the Expo app is written
+against them): camelCase in the try-on response (`imageBase64`, `requestId`), snake_case in the
+form and in /health (`model_loaded`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pydantic.alias_generators import to_camel
 
 from catvton.errors import InvalidInputError
 from catvton.masking import CLOTH_TYPE_NAMES, CLOTH_TYPES, parse_cloth_type
+from catvton.pipeline import MAX_SEED, RANDOM_SEED
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 # What the form accepts for output_format (in any case): "jpg" is read as "jpeg".
@@ -35,7 +37,7 @@ class TryOnOptions(BaseModel):
     )
     num_inference_steps: int = Field(50, ge=10, le=100, description="denoising steps")
     guidance_scale: float = Field(2.5, ge=0.0, le=7.5, description="classifier-free guidance")
-    seed: int = Field(42, ge=-1, le=2**32 - 1, description="-1 picks a random seed")
+    seed: int = Field(42, ge=RANDOM_SEED, le=MAX_SEED, description="-1 picks a random seed")
     repaint: bool = Field(False, description="blend the original photo back outside the mask")
     output_format: OutputFormat = Field(
         "png",
@@ -103,7 +105,7 @@ class TryOnResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every error: see app/errors.py."""
+    """Every error: see app/edge/errors.py."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
@@ -113,11 +115,20 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-class GpuMemory(BaseModel):
+class GpuMemoryReport(BaseModel):
     name: str
     allocated_mb: float
     reserved_mb: float
     total_mb: float
+
+
+class ReplicaHealth(BaseModel):
+    """One try-on replica in the cluster's /health."""
+
+    id: str
+    status: HealthStatus
+    error: str | None
+    inferences_served: int
 
 
 class HealthResponse(BaseModel):
@@ -141,5 +152,12 @@ class HealthResponse(BaseModel):
     queue_capacity: int
     busy: bool = Field(description="an inference is running")
     inferences_served: int
-    gpu: GpuMemory | None
+    gpu: GpuMemoryReport | None = Field(
+        description="CUDA memory (in the cluster: summed over the try-on replicas); null without"
+    )
     uptime_s: float
+    # Cluster mode only (app/cluster): absent from the single process's answer.
+    replicas: list[ReplicaHealth] | None = Field(
+        None, description="cluster mode: each try-on replica, as it last reported"
+    )
+    redis: str | None = Field(None, description="cluster mode: ok, or why Redis cannot be reached")

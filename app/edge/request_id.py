@@ -13,6 +13,8 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.edge.context import CONTEXT_KEY, RequestContext
+
 REQUEST_ID_HEADER = "X-Request-ID"
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # A client-chosen id goes into logs and headers: accept only short, plain tokens, the WHOLE id
@@ -49,7 +51,7 @@ class RequestIdMiddleware:
         request_id = accepted_request_id(incoming)
         # Each request runs in its own task, so the value never leaks into another request.
         _request_id.set(request_id)
-        scope.setdefault("state", {})["request_id"] = request_id
+        scope.setdefault("state", {})[CONTEXT_KEY] = RequestContext(request_id=request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,14 +1,17 @@
-"""What the device worker loads and how: the pipeline and the masker, demo weights, warm-up.
+"""The models and what they do for one try-on: setup once (`load_models`), then `Models.predict`.
 
-Separate from the worker (app/worker.py) because two owners of the device load with this same
-code: the single process's `InferenceWorker` and each Ray Serve try-on replica
-(app/cluster/replica.py), so a replica's models, demo mode and warm-up are exactly the single
-process's. In the service it runs on the thread that owns the device, never on the event loop.
+Setup + predict, as LitServe and Cog shape it: the worker (app/inference/worker.py) only decides
+when, and on which thread, a try-on runs; what runs is here. Two owners of the device use this
+same code: the single process's `InferenceWorker` and each Ray Serve try-on replica
+(app/cluster/replica.py, through the same worker), so a replica's models, demo mode and warm-up
+are exactly the single process's. It runs on the thread that owns the device, never on the loop.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +19,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from app.inference.contract import TryOnJob, TryOnOutcome
 from app.settings import Settings
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
+from catvton.errors import InferenceCanceledError
 from catvton.loading import default_size
 from catvton.masking import AutoMasker, load_automasker
+from catvton.pipeline import StepCallback
 from catvton.tiny import TINY_SIZE, write_tiny_weights
 
 logger = logging.getLogger(__name__)
@@ -40,6 +46,67 @@ class Models:
     def output_size(self) -> tuple[int, int]:
         """(W, H) of every result image."""
         return self.answer_size or self.pipeline.size
+
+    @property
+    def identity(self) -> str:
+        """What makes a fixed-seed image reproducible: weights, precision, device type, size."""
+        pipeline = self.pipeline
+        return json.dumps(
+            {
+                "unet": dict(pipeline.unet.config).get("_name_or_path"),
+                "vae": dict(pipeline.vae.config).get("_name_or_path"),
+                "parameters": sum(parameter.numel() for parameter in pipeline.unet.parameters()),
+                "dtype": str(pipeline.dtype),
+                "device": pipeline.device.type,
+                "size": pipeline.size,
+            },
+            sort_keys=True,
+            default=str,
+        )
+
+    def predict(
+        self,
+        job: TryOnJob,
+        *,
+        on_stage: Callable[[str], None],
+        on_step: StepCallback,
+        stop: threading.Event,
+    ) -> TryOnOutcome:
+        """One try-on: mask unless given -> pipeline -> upscale (demo mode).
+
+        `on_stage` hears "masking" (automatic mask only) and "denoising" as they begin, `on_step`
+        each denoising step; `stop` set ends it before its next step (InferenceCanceledError).
+        Raises what the pipeline raises (InvalidInputError, torch's out-of-memory error).
+        """
+        images, options = job.images, job.options
+        if stop.is_set():  # canceled just as the worker took it: no device time at all
+            raise InferenceCanceledError("canceled before it started")
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        mask_image = images.mask_image
+        if mask_image is None:
+            on_stage("masking")
+            mask_image = self.masker(images.person_image, options.cloth_type).mask
+            timings["mask"] = time.perf_counter() - started
+        on_stage("denoising")
+        result = self.pipeline(
+            images.person_image,
+            images.cloth_image,
+            mask_image,
+            num_inference_steps=options.num_inference_steps,
+            guidance_scale=options.guidance_scale,
+            seed=options.seed,
+            repaint=options.repaint,
+            on_step=on_step,
+            stop=stop,
+        )
+        image = result.image
+        if image.size != self.output_size:  # demo mode: a cheap upscale, a few ms
+            image = image.resize(self.output_size, Image.Resampling.BICUBIC)
+        # Prefixed: the pipeline's stage names (preprocess, encode, ...) recur in the route's.
+        timings.update({f"pipeline_{stage}": seconds for stage, seconds in result.timings.items()})
+        logger.info("inference done: seed %d, %d steps", result.seed, options.num_inference_steps)
+        return TryOnOutcome(image=image, seed=result.seed, mask=result.mask, timings=timings)
 
 
 def load_models(settings: Settings, progress: ProgressCallback) -> Models:

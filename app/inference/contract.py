@@ -1,7 +1,10 @@
-"""The unit of device work that both doors queue, and what the routes may use of the worker.
+"""The worker contract: what the app calls on the thing that runs try-ons, and what it reads back.
 
-`InferenceQueue` is the small surface the routes and the job runner use; `app.worker` is the local
-implementation (one device thread), and a remote one (app/cluster) can stand in for it.
+`Worker` is everything the routes, the job runner, /health, /metrics and the lifecycle use; two
+implementations exist and nothing else may be used of them: `InferenceWorker`
+(app/inference/worker.py, one device thread in this process) and `RemoteWorker`
+(app/cluster/remote_worker.py, try-on replicas behind Ray Serve). `WorkerStatus` is the one snapshot
+that /health, /metrics and the page's banners render; the cluster extends it (`ClusterStatus`).
 """
 
 from __future__ import annotations
@@ -9,21 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from PIL import Image
 
-from app.estimates import StepTimes
-from app.intake import TryOnImages
-from app.schemas import TryOnOptions
-from catvton import CatVTONPipeline
+from app.edge.errors import ServiceError
+from app.edge.schemas import TryOnOptions
+from app.media.intake import TryOnImages
 
 logger = logging.getLogger(__name__)
 
@@ -131,22 +132,92 @@ class QueuedWork:
             logger.warning("the event loop closed before a result could be delivered")
 
 
-class InferenceQueue(Protocol):
-    """What the routes and the job runner use of the device worker: the surface a remote worker
-    implements. `InferenceWorker` below is the local one."""
+# Called after each inference (on the device thread, or on the loop for a remote worker): its
+# outcome (ok, out_of_memory, canceled, error) and seconds per stage, "total" included
+# (app/observe/metrics.py records them).
+InferenceListener = Callable[[str, Mapping[str, float]], None]
+WorkerState = Literal["loading", "ok", "error"]
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """A CUDA device's memory, in bytes, as torch's caching allocator sees it."""
+
+    name: str
+    allocated: int
+    reserved: int
+    total: int
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One consistent look at a worker, taken on the event loop without waiting on anything.
+
+    `state` is the worker's own (loading until the models are ready, error once it cannot serve);
+    `draining` is set once a stop began. `reason` is why no try-on can be served now (the 503 a
+    try-on gets), None when one can. `size` is the size of the answers (demo mode: upscaled),
+    `working_size` the model's own; both None before the models are ready.
+    """
+
+    state: WorkerState
+    draining: bool
+    reason: ServiceError | None
+    error: str | None
+    model_loaded: bool
+    device: str | None
+    dtype: str | None
+    size: tuple[int, int] | None
+    working_size: tuple[int, int] | None
+    queue_depth: int  # waiting for the device, not counting the one running
+    receiving: int  # admitted, still uploading or decoding
+    queue_capacity: int  # synchronous requests that may wait
+    busy: bool  # an inference is running
+    idle: bool  # nothing admitted, queued or running: a drain is complete
+    inferences_served: int
+    gpu: GpuMemory | None
+    uptime_s: float
+
+    @property
+    def health(self) -> str:
+        """The state word /health answers: draining wins over the worker's own state."""
+        return "draining" if self.draining else self.state
+
+    def extensions(self) -> dict[str, Any]:
+        """What a kind of worker adds to /health beyond these fields (JSON-ready); none here."""
+        return {}
+
+
+class Worker(Protocol):
+    """What the app may use of the thing that runs try-ons (see the module docstring)."""
 
     max_queued_jobs: int
 
+    def status(self) -> WorkerStatus:
+        """The snapshot /health, /metrics and the lifecycle read."""
+
     @property
     def size(self) -> tuple[int, int]:
-        """The working size (W, H) of the loaded model."""
+        """The working size (W, H) of the loaded model; only once a try-on can be served."""
 
     @property
     def model_identity(self) -> str:
         """Names the loaded weights, precision, device and size: part of the result cache key."""
 
+    def start(self) -> None:
+        """Begin loading (or watching replicas); called once, on the event loop, by the lifespan."""
+
+    def add_listener(self, listener: InferenceListener) -> None:
+        """`listener` hears every inference's outcome and stage times."""
+
+    def begin_drain(self) -> None:
+        """Admit no new work (503 shutting_down); what is admitted, queued or running goes on."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Fail what waits or runs with shutting_down and stop, giving threads `timeout` seconds.
+        Called from the thread pool; a second call returns at once."""
+
     def admission(self, door: Door = "sync") -> AbstractContextManager[None]:
-        """Hold a place in the queue while a request reads its uploads (503s before a byte)."""
+        """Hold a place while a request reads and decodes its uploads (503s before a byte)."""
 
     async def run(
         self, job: TryOnJob, *, disconnected: Callable[[], Awaitable[Any]]
@@ -159,44 +230,3 @@ class InferenceQueue(Protocol):
     def cancel(self, work: QueuedWork) -> bool:
         """True: taken out of the queue (its outcome raises InferenceCanceledError). False: it
         runs (it stops before its next denoising step) or is done."""
-
-
-class StepReporter:
-    """The pipeline's step callback for one work item: measures the step, tells the listener.
-
-    The first step's time is not measured (it also holds the VAE encoding and the set-up).
-    """
-
-    def __init__(self, times: StepTimes, ticket: QueuedWork) -> None:
-        self.times = times
-        self.ticket = ticket
-        self.last_step_at: float | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        ticket = self.ticket
-        if self.last_step_at is not None:
-            self.times.observe_step(ticket.guided, now - self.last_step_at)
-        self.last_step_at = now
-        ticket.steps_done = done
-        eta_s = self.times.remaining(ticket.steps_left, ticket.guided)
-        ticket.notify("on_step", done, total, eta_s)
-        if done == total:
-            ticket.notify("on_stage", "decoding", eta_s)
-
-
-def describe_model(pipeline: CatVTONPipeline) -> str:
-    """What makes a fixed-seed image reproducible: the weights, precision, device type and size."""
-    unet_config = dict(pipeline.unet.config)
-    return json.dumps(
-        {
-            "unet": unet_config.get("_name_or_path"),
-            "vae": dict(pipeline.vae.config).get("_name_or_path"),
-            "parameters": sum(parameter.numel() for parameter in pipeline.unet.parameters()),
-            "dtype": str(pipeline.dtype),
-            "device": pipeline.device.type,
-            "size": pipeline.size,
-        },
-        sort_keys=True,
-        default=str,
-    )

@@ -1,6 +1,6 @@
 """Who a request belongs to: one name for limits, usage logs and idempotency scopes.
 
-Access control (when keys are configured) stores the key's NAME in `request.state.client`; without
+Access control (when keys are configured) names the client in the request's context; without
 keys a client is its IP address (from `X-Forwarded-For` only through uvicorn's
 `--forwarded-allow-ips`, which rewrites `scope["client"]` before we see it).
 """
@@ -11,7 +11,8 @@ import ipaddress
 
 from starlette.requests import HTTPConnection
 
-CLIENT_STATE_KEY = "client"
+from app.edge.context import request_context
+
 # A trusted proxy passed on something that is not an address (`unknown`, garbage): such requests
 # share one identity, so they cannot pick a fresh one per request to escape their limits.
 UNKNOWN_CLIENT = "unknown"
@@ -19,9 +20,8 @@ UNKNOWN_CLIENT = "unknown"
 
 def client_id(connection: HTTPConnection) -> str:
     """The key's name when access control named the client, else its IP address."""
-    name = connection.scope.get("state", {}).get(CLIENT_STATE_KEY)
-    if name:
-        return str(name)
+    if name := request_context(connection).client:
+        return name
     return client_ip(connection.client.host if connection.client else None)
 
 

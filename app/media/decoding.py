@@ -23,8 +23,8 @@ from contextlib import contextmanager
 import pillow_heif
 from PIL import ExifTags, Image, ImageOps
 
-from app.errors import PayloadTooLargeError, UnsupportedImageError
-from app.uploads import ACCEPTED_FORMATS, Upload
+from app.edge.errors import PayloadTooLargeError, UnsupportedImageError
+from app.media.uploads import ACCEPTED_FORMATS, Upload
 from catvton.preprocess import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 # EXIF orientations 5..8 rotate by 90 degrees: the stored image is the transposed working shape.
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
-MAX_JPEG_SCANS = 100
 # A progressive JPEG may cost at most this many scans over the largest allowed image (about 4 s on
 # one core, what the largest 16-bit PNG costs): 15 scans at the pixel cap, 100 below 6 megapixels.
 JPEG_SCAN_PASSES = 15
@@ -64,7 +63,7 @@ def decode_cost(
     *,
     size: tuple[int, int],
     max_pixels: int,
-    max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_jpeg_scans: int,
 ) -> int:
     """Check the header; return the bytes `decode_image` will hold at its peak.
 
@@ -97,7 +96,7 @@ def decode_image(
     *,
     size: tuple[int, int],
     max_pixels: int,
-    max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_jpeg_scans: int,
     rgb: bool = True,
 ) -> Image.Image:
     """Bytes -> upright image, decoded no larger than a working size of `size` (W, H) needs.

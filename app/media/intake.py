@@ -5,9 +5,9 @@ synchronous route and the job submit route call its stages inside the worker's `
 every protection below applies to both:
 
 - receive (event loop): the streamed multipart body with byte caps, deadlines and a bound on the
-  parser's work (`app.uploads`);
+  parser's work (`app.media.uploads`);
 - decode (thread pool): every file's header checked before any file is decoded, then each decode
-  within the memory budget (`app.decoding`);
+  within the memory budget (`app.media.decoding`);
 - fit (thread pool): each image fitted to the working size once, with the pipeline's own rules.
 
 A stage returns or raises only once every thread-pool call it started has ended (`settle_all`), so
@@ -29,9 +29,9 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from app.decoding import decode_cost, decode_image
+from app.media.decoding import decode_cost, decode_image
+from app.media.uploads import ReceivedForm, Upload, UploadLimits, receive_upload
 from app.settings import Settings
-from app.uploads import ReceivedForm, Upload, UploadLimits, receive_upload
 from catvton.preprocess import check_mask_shape, fit_cloth, fit_mask, fit_person
 
 T = TypeVar("T")
@@ -121,7 +121,7 @@ class Intake:
         self.budget = MemoryBudget(settings.decode_memory_bytes)
 
     async def receive(self, request: Request) -> ReceivedForm:
-        """The multipart body, within the byte caps and the upload deadlines (see app.uploads)."""
+        """The multipart body, within the byte caps and upload deadlines (app/media/uploads.py)."""
         return await receive_upload(request, self.upload_limits)
 
     async def decode(self, form: ReceivedForm, size: tuple[int, int]) -> TryOnImages:

@@ -1,4 +1,4 @@
-"""How long work will take, from what the device measured: the ETA of jobs (jobs.md).
+"""How long work will take, from what the device measured: the ETA of jobs.
 
 Moving averages rather than a model of the hardware: the first steps of the first job already give
 a usable rate, and later measurements follow changes (another GPU tenant, thermal limits).

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.cache.results import ResultCache
-from app.intake import Intake
+from app.inference.contract import Worker
 from app.jobs.runner import JobRunner
+from app.media.intake import Intake
 from app.settings import Settings
-from app.worker import InferenceWorker
 
 
 # Coroutines, not plain functions: FastAPI runs a plain dependency in the thread pool, and /health
@@ -19,7 +19,7 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_worker(request: Request) -> InferenceWorker:
+async def get_worker(request: Request) -> Worker:
     return request.app.state.worker
 
 
@@ -37,7 +37,7 @@ async def get_intake(request: Request) -> Intake:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-WorkerDep = Annotated[InferenceWorker, Depends(get_worker)]
+WorkerDep = Annotated[Worker, Depends(get_worker)]
 CacheDep = Annotated[ResultCache | None, Depends(get_cache)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.errors import (
+from app.edge.errors import (
     ClientDisconnectedError,
     InvalidFieldError,
     PayloadTooLargeError,
@@ -43,8 +43,8 @@ class UploadLimits:
     """What one request body may cost: bytes per file, seconds in whole and without a byte."""
 
     max_file_bytes: int
-    timeout: float = 120.0
-    idle_timeout: float = 20.0
+    timeout: float
+    idle_timeout: float
 
     @property
     def max_body_bytes(self) -> int:

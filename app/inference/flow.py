@@ -1,8 +1,10 @@
-"""The stages both doors share (`POST /api/try-on` and `POST /api/try-on/jobs`), one copy each.
+"""The one try-on flow of both doors (`POST /api/try-on` and `POST /api/try-on/jobs`).
 
-A request: receive (stream the upload, validate the options) -> 1. decode -> 2. fit to the working
-size -> 3. infer (the device worker) -> 4. encode. The job door runs 3 and 4 later, in the job
-runner; everything before is the same code, so every intake protection covers both doors.
+A request: receive (stream the upload, validate the options) -> the result cache -> 1. decode ->
+2. fit to the working size -> 3. infer (the worker) -> 4. encode (and remember in the cache). The
+job door runs 3 and 4 later, in the job runner; everything else is this same code, so every
+intake protection, the cache and the usage record cover both doors alike. The two routes differ
+only in how they answer.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.cache.keys import cache_key, hash_files, request_fingerprint
-from app.encoding import EncodedResult, encode_result
-from app.errors import InvalidFieldError, describe_validation_errors
-from app.intake import Intake, TryOnImages
-from app.schemas import TryOnOptions, TryOnResponse
-from app.uploads import ReceivedForm
-from app.work import TryOnOutcome
+from app.cache.results import ResultCache
+from app.edge.context import request_context
+from app.edge.errors import InvalidFieldError, describe_validation_errors
+from app.edge.schemas import TryOnOptions, TryOnResponse
+from app.inference.contract import TryOnJob, TryOnOutcome, Worker
+from app.media.encoding import EncodedResult, encode_result
+from app.media.intake import Intake, TryOnImages
+from app.media.uploads import ReceivedForm
 from catvton.pipeline import RANDOM_SEED
 
 
@@ -106,11 +110,67 @@ async def prepare_images(
         return await intake.fit(images, size)
 
 
-async def encode_outcome(outcome: TryOnOutcome, options: TryOnOptions) -> EncodedResult:
-    """Stage 4 (thread pool): the image in the requested format, the mask as PNG."""
-    return await run_in_threadpool(
-        encode_result, outcome.image, outcome.mask, outcome.seed, options.output_format
-    )
+@dataclass
+class PreparedTryOn:
+    """A received try-on, ready for the worker: its images fitted, or its answer from the cache."""
+
+    received: ReceivedTryOn
+    cache_key: str | None  # None: not cacheable (random seed) or the cache is off
+    cached: EncodedResult | None  # a cache hit: nothing left to do
+    images: TryOnImages | None  # decoded and fitted (None on a cache hit)
+
+    @property
+    def options(self) -> TryOnOptions:
+        return self.received.options
+
+    def job(self) -> TryOnJob:
+        assert self.images is not None, "a cache hit has no work"
+        return TryOnJob(images=self.images, options=self.options)
+
+
+async def prepare_try_on(
+    request: Request,
+    worker: Worker,
+    intake: Intake,
+    cache: ResultCache | None,
+    timer: StageTimer,
+) -> PreparedTryOn:
+    """Receive the request, consult the cache, and on a miss decode and fit its images.
+
+    Call it inside the worker's admission (503s before a byte). Records the usage (steps, cache
+    hit or miss) on the request's context. Raises 408/413/415/422 naming the field.
+    """
+    received = await receive_try_on(request, intake, timer)
+    context = request_context(request)
+    context.steps = received.options.num_inference_steps
+    key = await received.cache_key(worker.model_identity) if cache is not None else None
+    if key and cache is not None:
+        result = await cache.get(key)
+        context.cached = result is not None
+        if result is not None:
+            return PreparedTryOn(received, key, cached=result, images=None)
+    # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
+    images = await prepare_images(received, worker.size, intake, timer)
+    return PreparedTryOn(received, key, cached=None, images=images)
+
+
+async def encode_outcome(
+    outcome: TryOnOutcome,
+    options: TryOnOptions,
+    timer: StageTimer,
+    cache: ResultCache | None,
+    cache_key: str | None,
+) -> EncodedResult:
+    """Stage 4 (thread pool): the image in the requested format, the mask as PNG; remembered in
+    the result cache under `cache_key`, when there is one."""
+    timer.add_seconds(outcome.timings)
+    with timer("encode"):
+        result = await run_in_threadpool(
+            encode_result, outcome.image, outcome.mask, outcome.seed, options.output_format
+        )
+    if cache is not None and cache_key is not None:
+        await cache.put(cache_key, result)
+    return result
 
 
 def success_body(
