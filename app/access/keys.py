@@ -224,5 +224,5 @@ async def watching(store: KeyStore | None) -> AsyncIterator[None]:
         yield
     finally:
         watcher.cancel()
-        if handles_sighup:
+        if handles_sighup and sighup is not None:
             loop.remove_signal_handler(sighup)

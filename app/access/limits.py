@@ -77,15 +77,19 @@ def limits_storage(redis_url: str | None) -> Storage:
     """Where the counters live: this process's memory, or with `--redis-url` the `limits` library's
     own Redis storage (through the redis-py client), so every replica counts against one limit."""
     if redis_url is None:
-        return storage_from_string("async+memory://")
-    # Short timeouts: a Redis that does not answer costs a request 2 s at most (then `count`
-    # serves it unlimited), not the client library's default of waiting forever.
-    return storage_from_string(
-        f"async+{redis_url}",
-        implementation="redispy",
-        socket_timeout=STORAGE_TIMEOUT_S,
-        socket_connect_timeout=STORAGE_TIMEOUT_S,
-    )
+        storage = storage_from_string("async+memory://")
+    else:
+        # Short timeouts: a Redis that does not answer costs a request 2 s at most (then
+        # `count` serves it unlimited), not the client library's default of waiting forever.
+        storage = storage_from_string(
+            f"async+{redis_url}",
+            implementation="redispy",
+            socket_timeout=STORAGE_TIMEOUT_S,
+            socket_connect_timeout=STORAGE_TIMEOUT_S,
+        )
+    # The "async+" scheme always gives an asyncio storage; the library's signature says either.
+    assert isinstance(storage, Storage)
+    return storage
 
 
 def policy_name(item: RateLimitItem) -> str:

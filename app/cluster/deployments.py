@@ -100,35 +100,27 @@ def build_application(settings: ClusterSettings) -> Application:
     else:
         scaling = {"num_replicas": settings.replicas}
     options = settings.service_options()
-    try_on = (
-        serve.deployment(TryOnReplica)
-        .options(
-            name="TryOn",
-            max_ongoing_requests=1,
-            max_queued_requests=settings.max_queued_requests,
-            graceful_shutdown_timeout_s=settings.drain_timeout,  # the try-on it is running
-            health_check_period_s=settings.health_check_period_s,
-            ray_actor_options={
-                "num_gpus": settings.gpus_per_replica,
-                "num_cpus": settings.cpus_per_replica,
-            },
-            **scaling,
-        )
-        .bind(options)
-    )
-    return (
-        serve.deployment(Ingress)
-        .options(
-            name="Ingress",
-            num_replicas=settings.ingress_replicas,
-            max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
-            # Its requests, then its jobs (SharedJobRunner.drain) may finish; past it, Serve
-            # kills it, and its jobs' leases end them (worker_stopped).
-            graceful_shutdown_timeout_s=settings.drain_timeout + SHUTDOWN_MARGIN_S,
-            ray_actor_options={"num_cpus": INGRESS_CPUS},
-        )
-        .bind(try_on, options, settings.max_queued_requests)
-    )
+    try_on = serve.deployment(
+        name="TryOn",
+        max_ongoing_requests=1,
+        max_queued_requests=settings.max_queued_requests,
+        graceful_shutdown_timeout_s=settings.drain_timeout,  # the try-on it is running
+        health_check_period_s=settings.health_check_period_s,
+        ray_actor_options={
+            "num_gpus": settings.gpus_per_replica,
+            "num_cpus": settings.cpus_per_replica,
+        },
+        **scaling,
+    )(TryOnReplica).bind(options)
+    return serve.deployment(
+        name="Ingress",
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+        # Its requests, then its jobs (SharedJobRunner.drain) may finish; past it, Serve
+        # kills it, and its jobs' leases end them (worker_stopped).
+        graceful_shutdown_timeout_s=settings.drain_timeout + SHUTDOWN_MARGIN_S,
+        ray_actor_options={"num_cpus": INGRESS_CPUS},
+    )(Ingress).bind(try_on, options, settings.max_queued_requests)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

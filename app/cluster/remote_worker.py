@@ -27,7 +27,7 @@ from typing import Any
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport, ReplicaView
 from app.edge.errors import (
@@ -375,6 +375,7 @@ class RemoteWorker:
         while True:
             call = self._try_on.options(stream=True).infer_job
             response = call.remote(work.job, current_request_id())  # the submit's id
+            assert isinstance(response, DeploymentResponseGenerator)  # stream=True asked for one
             try:
                 async for name, *args in response:
                     if name == "outcome":

@@ -76,7 +76,9 @@ class StreamedProgress:
 class TryOnReplica:
     """Loads the models once, then serves `infer` and `infer_job` calls, one at a time."""
 
-    async def __init__(self, options: dict[str, Any]) -> None:
+    # Serve awaits an async constructor (the replica takes requests once the models loaded);
+    # Python's data model, and so mypy, knows only synchronous ones.
+    async def __init__(self, options: dict[str, Any]) -> None:  # type: ignore[misc]
         settings = Settings(**options)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         # Serve's queue is in front of the replica: its own holds the one try-on it runs.

@@ -16,7 +16,8 @@ from app.settings import Settings
 class ClusterSettings(Settings):
     """The service's own options plus the Serve deployment's shape."""
 
-    redis_url: str = Field(  # type: ignore[assignment]  (required here: replicas share state)
+    # Required here (the replicas share state), optional in the single process.
+    redis_url: str = Field(
         description="Redis that the replicas share (job records, idempotency keys, result cache, "
         "limits, replica reports), e.g. redis://127.0.0.1:6380/0"
     )

@@ -9,6 +9,7 @@ ASGI middleware and routes reach the same object.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ class RequestContext:
     error_code: str | None = None  # the error envelope's code, when the answer is one
 
 
-def request_context(connection: HTTPConnection | dict[str, Any]) -> RequestContext:
+def request_context(connection: HTTPConnection | MutableMapping[str, Any]) -> RequestContext:
     """The request's context (a request or a raw ASGI scope); made on first use where the
     request-id middleware did not run (an app without it, in a test), with no id."""
     scope = connection.scope if isinstance(connection, HTTPConnection) else connection

@@ -23,7 +23,7 @@ from app.inference.contract import Worker
 logger = logging.getLogger(__name__)
 
 # What uvicorn gives in-flight responses once the drain is over: they only need to be written.
-RESPONSE_GRACE_S = 5.0
+RESPONSE_GRACE_S = 5  # seconds (uvicorn takes a whole number)
 DRAIN_POLL_S = 0.05
 
 

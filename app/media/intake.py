@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +37,14 @@ from catvton.preprocess import check_mask_shape, fit_cloth, fit_mask, fit_person
 T = TypeVar("T")
 
 
+class DecodeLimits(TypedDict):
+    """What every decode of this server is bounded by (app/media/decoding.py's keywords)."""
+
+    size: tuple[int, int]
+    max_pixels: int
+    max_jpeg_scans: int
+
+
 @dataclass
 class TryOnImages:
     person_image: Image.Image
@@ -44,7 +52,7 @@ class TryOnImages:
     mask_image: Image.Image | None
 
 
-async def settle_all(awaitables: list[Awaitable[T]]) -> list[T]:
+async def settle_all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
     """Run `awaitables` concurrently; their results in order, or the first error in order.
 
     Returns or raises only once every one has ended. On the first error (or when this task is
@@ -132,11 +140,9 @@ class Intake:
         memory budget; libjpeg and zlib release the GIL, so two files decode on two cores.
         """
         names = list(form.files)
-        limits = {
-            "size": size,
-            "max_pixels": self.max_pixels,
-            "max_jpeg_scans": self.max_jpeg_scans,
-        }
+        limits = DecodeLimits(
+            size=size, max_pixels=self.max_pixels, max_jpeg_scans=self.max_jpeg_scans
+        )
         costs = await settle_all(
             [run_in_threadpool(partial(decode_cost, form.files[name], **limits)) for name in names]
         )

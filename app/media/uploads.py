@@ -13,11 +13,16 @@ Read on the event loop (it only copies bytes), file by file, stopping at the fir
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
+
+if TYPE_CHECKING:  # a typed dict python-multipart declares for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 from app.edge.errors import (
     ClientDisconnectedError,
@@ -58,15 +63,15 @@ class Upload:
     """One file part as received; `content_type` and `filename` are only what the client claimed."""
 
     field: str
-    data: bytes = field(repr=False)  # megabytes: keep them out of logs and tracebacks
+    data: bytes = dataclasses.field(repr=False)  # megabytes: keep them out of logs and tracebacks
     filename: str | None = None
     content_type: str | None = None
 
 
 @dataclass
 class ReceivedForm:
-    files: dict[str, Upload] = field(default_factory=dict)
-    fields: dict[str, str] = field(default_factory=dict)
+    files: dict[str, Upload] = dataclasses.field(default_factory=dict)
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class _FormCollector:
@@ -85,7 +90,7 @@ class _FormCollector:
         self._filename: str | None = None
         self._buffer = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": self.on_header_field,
