@@ -23,7 +23,7 @@ from PIL import Image
 from app.estimates import StepTimes
 from app.intake import TryOnImages
 from app.schemas import TryOnOptions
-from catvton import CatVTONPipeline
+from catvton import CatVTONPipeline, DenoisingStep
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,8 @@ class StepReporter:
         self.ticket = ticket
         self.last_step_at: float | None = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, progress: DenoisingStep) -> None:
+        done, total = progress.step, progress.total_steps
         now = time.perf_counter()
         ticket = self.ticket
         if self.last_step_at is not None:

@@ -193,7 +193,7 @@ def run_tryon(args: argparse.Namespace) -> None:
             guidance_scale=args.guidance,
             seed=args.seed,
             repaint=args.repaint,
-            on_step=lambda done, total: bar.update(done - bar.n),
+            on_step=lambda progress: bar.update(progress.step - bar.n),
         )
     for stage, seconds in result.timings.items():
         print(f"{stage:<11} {seconds:7.3f} s")

@@ -1,4 +1,5 @@
-"""Previews: the preview rule and the latent-to-RGB map."""
+"""Previews: the preview rule, the latent-to-RGB map, and the pipeline's step callback on tiny
+generated weights through the real loader."""
 
 from __future__ import annotations
 
@@ -9,13 +10,28 @@ import pytest
 import torch
 from PIL import Image
 
-from catvton import InvalidInputError
+from catvton import CatVTONPipeline, DenoisingStep, InvalidInputError
 from catvton.previews import (
     LATENT_RGB_FACTORS,
     latents_to_preview,
     preview_to_jpeg,
     should_preview,
 )
+from catvton.tiny import TINY_SIZE
+
+LATENT_W, LATENT_H = TINY_SIZE[0] // 8, TINY_SIZE[1] // 8
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[Image.Image, Image.Image, Image.Image]:
+    """A person, a garment and a torso mask, generated."""
+    rng = np.random.default_rng(1)
+    person = Image.fromarray(rng.integers(0, 256, (256, 192, 3), dtype=np.uint8))
+    cloth = Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8))
+    mask = Image.new("L", person.size, 0)
+    mask.paste(255, (40, 60, 150, 180))
+    return person, cloth, mask
+
 
 # --- the rule -----------------------------------------------------------------------------------
 
@@ -105,3 +121,51 @@ def test_cuda_half_latents_give_the_cpu_preview() -> None:
     on_cpu = np.asarray(latents_to_preview(latents)).astype(int)
     on_cuda = np.asarray(latents_to_preview(latents.to("cuda", torch.float16))).astype(int)
     assert np.abs(on_cpu - on_cuda).max() <= 2  # fp16 rounding of the input only
+
+
+# --- the pipeline's step callback ---------------------------------------------------------------
+
+
+def test_the_image_is_bit_identical_with_and_without_previews(tiny_pipeline, images) -> None:
+    previews: list[Image.Image] = []
+
+    def make_previews(progress: DenoisingStep) -> None:
+        previews.append(latents_to_preview(progress.predicted_latents))
+
+    kwargs = {"num_inference_steps": 3, "guidance_scale": 2.5, "seed": 13}
+    plain = tiny_pipeline(*images, **kwargs)
+    watched = tiny_pipeline(*images, **kwargs, on_step=make_previews)
+    assert len(previews) == 3
+    assert np.array_equal(np.asarray(plain.image), np.asarray(watched.image))
+
+
+def test_each_step_reports_the_person_half_of_its_prediction(tiny_pipeline, images) -> None:
+    steps: list[DenoisingStep] = []
+    tiny_pipeline(*images, num_inference_steps=4, on_step=steps.append)
+    assert [(s.step, s.total_steps) for s in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    for step in steps:
+        assert step.predicted_latents.shape == (1, 4, LATENT_H, LATENT_W)
+        assert step.predicted_latents.dtype == torch.float32
+        # A slice of the (1, 4, 2h, w) stack, not a copy (inference mode keeps no view record).
+        assert step.predicted_latents.untyped_storage().nbytes() == 2 * 4 * LATENT_H * LATENT_W * 4
+
+
+def test_predicted_latents_are_ddims_clean_latent_estimate(
+    tiny_pipeline: CatVTONPipeline, images
+) -> None:
+    """x0 = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t), from the UNet's own input and output."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x_t, eps), each (1, 4, 2h, w)
+    handle = tiny_pipeline.unet.register_forward_hook(
+        lambda module, args, output: calls.append((args[0][:, :4].clone(), output[0].clone()))
+    )
+    steps: list[DenoisingStep] = []
+    try:
+        # No guidance: the UNet's output is the scheduler's eps (DDIM's model input is unscaled).
+        tiny_pipeline(*images, num_inference_steps=3, guidance_scale=1.0, on_step=steps.append)
+    finally:
+        handle.remove()
+    timesteps = tiny_pipeline.scheduler.timesteps.tolist()
+    for step, (noisy, eps), timestep in zip(steps, calls, timesteps, strict=True):
+        alpha = tiny_pipeline.scheduler.alphas_cumprod[timestep]
+        clean = (noisy - (1 - alpha).sqrt() * eps) / alpha.sqrt()  # (1, 4, 2h, w)
+        torch.testing.assert_close(step.predicted_latents, clean[:, :, :LATENT_H])
