@@ -17,13 +17,14 @@ from catvton.errors import (
     WeightsNotFoundError,
 )
 from catvton.loading import load_pipeline
-from catvton.pipeline import CatVTONPipeline, TryOnResult
+from catvton.pipeline import CatVTONPipeline, DenoisingStep, TryOnResult
 from catvton.weights import ResolvedWeights, WeightSources, download_weights
 
 __all__ = [
     "CatVTONError",
     "CatVTONPipeline",
     "CheckpointMismatchError",
+    "DenoisingStep",
     "InferenceCanceledError",
     "InvalidInputError",
     "ResolvedWeights",

@@ -25,8 +25,14 @@ from catvton.masking import (
     parse_cloth_type,
     save_debug_maps,
 )
-from catvton.pipeline import parse_size
+from catvton.pipeline import DenoisingStep, parse_size
 from catvton.preprocess import fit_person
+from catvton.previews import (
+    DEFAULT_PREVIEW_EVERY,
+    latents_to_preview,
+    preview_to_jpeg,
+    should_preview,
+)
 from catvton.tiny import write_tiny_weights
 from catvton.weights import (
     ATTENTION_VERSIONS,
@@ -91,6 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     tryon.add_argument("--dtype", choices=list(DTYPES), help="default fp16 on CUDA, else fp32")
     tryon.add_argument("--repaint", action="store_true", help="keep pixels outside the mask")
     tryon.add_argument("--out", type=Path, required=True, help="output image (PNG, JPEG, ...)")
+    tryon.add_argument(
+        "--previews",
+        type=Path,
+        metavar="DIR",
+        help="write a JPEG preview of the forming image there (step-005.jpg, ...)",
+    )
+    tryon.add_argument(
+        "--preview-every",
+        type=preview_every_argument,
+        default=DEFAULT_PREVIEW_EVERY,
+        metavar="N",
+        help=f"with --previews: one every N steps and one at the last (default "
+        f"{DEFAULT_PREVIEW_EVERY}; 0 = none)",
+    )
     tryon.set_defaults(run=run_tryon)
 
     mask = commands.add_parser("mask", help="compute a try-on mask with the AutoMasker")
@@ -140,6 +160,13 @@ def size_argument(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+def preview_every_argument(text: str) -> int:
+    """``--preview-every N``: an integer >= 0, refused (exit 2) before any weights are loaded."""
+    if not text.isdecimal():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {text!r}")
+    return int(text)
+
+
 def run_download(args: argparse.Namespace) -> None:
     versions = tuple(args.attention_version or (DEFAULT_ATTENTION_VERSION,))
     download_weights(
@@ -183,8 +210,20 @@ def run_tryon(args: argparse.Namespace) -> None:
         mask = masker(person, cloth_type).mask
         print(f"mask        {time.perf_counter() - start:7.3f} s  {describe_masker(masker)}")
 
-    # 3. Try on with a progress bar (stderr), and say where time went.
+    # 3. Try on with a progress bar (stderr) and the previews asked for; say where time went.
+    if args.previews is not None:
+        args.previews.mkdir(parents=True, exist_ok=True)
     with tqdm(total=args.steps, desc="denoise", unit="step", file=sys.stderr) as bar:
+
+        def on_step(progress: DenoisingStep) -> None:
+            bar.update(progress.step - bar.n)
+            if args.previews is not None and should_preview(
+                progress.step, progress.total_steps, args.preview_every
+            ):
+                preview = latents_to_preview(progress.predicted_latents)
+                path = args.previews / f"step-{progress.step:03d}.jpg"
+                path.write_bytes(preview_to_jpeg(preview))
+
         result = pipeline(
             person,
             cloth,
@@ -193,13 +232,15 @@ def run_tryon(args: argparse.Namespace) -> None:
             guidance_scale=args.guidance,
             seed=args.seed,
             repaint=args.repaint,
-            on_step=lambda done, total: bar.update(done - bar.n),
+            on_step=on_step,
         )
     for stage, seconds in result.timings.items():
         print(f"{stage:<11} {seconds:7.3f} s")
     print(f"denoise/step {result.timings['denoise'] / args.steps:6.3f} s")
     result.image.save(args.out)
     print(f"seed {result.seed}; wrote {args.out}")
+    if args.previews is not None:
+        print(f"previews in {args.previews}")
 
 
 def run_mask(args: argparse.Namespace) -> None:

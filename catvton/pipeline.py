@@ -40,8 +40,25 @@ MAX_INFERENCE_STEPS = 1000
 MAX_SEED = 2**32 - 1
 RANDOM_SEED = -1
 
-# Called after each denoising step with (steps done, total steps): 1..total, on the calling thread.
-StepCallback = Callable[[int, int], None]
+
+@dataclass(frozen=True)
+class DenoisingStep:
+    """What the step callback hears after each denoising step, on the calling thread.
+
+    ``step`` runs 1..``total_steps``. ``predicted_latents`` is the scheduler's prediction of the
+    clean latents at this step (DDIM's ``pred_original_sample``), person half only: shape
+    (1, 4, h, w), fp32, on the pipeline's device, scaled as the scheduler sees them (VAE latents
+    x 0.18215), ready for ``catvton.previews.latents_to_preview``. It is a view of a tensor the
+    scheduler has already finished with (no copy, no device sync): keep it if you like, but do
+    not write to it.
+    """
+
+    step: int
+    total_steps: int
+    predicted_latents: torch.Tensor
+
+
+StepCallback = Callable[[DenoisingStep], None]
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -121,7 +138,10 @@ class CatVTONPipeline:
         already fitted). ``mask_image`` must have ``person_image``'s aspect ratio (it gets the
         person's crop). ``guidance_scale <= 1`` runs the conditional pass alone (half the work).
         ``seed=-1`` picks a random seed; the result reports the seed used. Equal seeds give equal
-        images on the same device and dtype. Raises InvalidInputError naming the bad argument.
+        images on the same device and dtype. ``on_step`` hears a ``DenoisingStep`` after each
+        step (the image stays bit-identical with or without it); a set ``stop`` ends the call
+        with InferenceCanceledError before the next step. Raises InvalidInputError naming the bad
+        argument.
         """
         _check_arguments(
             person_image,
@@ -201,11 +221,15 @@ class CatVTONPipeline:
                 if use_guidance:
                     noise_uncond, noise_cond = noise_pred.chunk(2)
                     noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-                latents = self.scheduler.step(
+                scheduler_output = self.scheduler.step(
                     noise_pred, timestep, latents, eta=DDIM_ETA, generator=generator
-                ).prev_sample
+                )
+                latents = scheduler_output.prev_sample  # (1, 4, 2h, w)
                 if on_step is not None:
-                    on_step(step + 1, len(timesteps))
+                    # A slice of a tensor the scheduler made anyway: free for a callback that
+                    # ignores it, and nothing the next step reads.
+                    predicted_latents = scheduler_output.pred_original_sample[:, :, :latent_h]
+                    on_step(DenoisingStep(step + 1, len(timesteps), predicted_latents))
 
         # 5. Decode the person half only (rows 0..h-1 of the stack).
         with self._timed(timings, "decode"):

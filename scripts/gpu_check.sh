@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one run, for the device machine (see the device tool's README): real-size
-# pipeline timings and memory, the masker on CUDA, the `gpu` tests. Results land in $OUT.
+# pipeline timings and memory, the masker on CUDA, the preview cost against a UNet step, the `gpu`
+# tests. Results land in $OUT.
 #
 # The device image has torch but not diffusers. Prepare the wheels once, here, in the repo root:
 #   echo /.whl/ >> .git/info/exclude
@@ -26,4 +27,5 @@ step pipeline_fp16 python3 scripts/benchmark.py --random-real-size --runs 3 --wa
 step pipeline_fp16_channels_last python3 scripts/benchmark.py --random-real-size --runs 3 \
   --warmup 1 --channels-last
 step masker_cuda python3 scripts/benchmark_masker.py --device cuda --repeats 5
+step previews_cuda python3 scripts/benchmark_previews.py --device cuda
 step pytest_gpu python3 -m pytest -q -m gpu tests/catvton -p no:cacheprovider

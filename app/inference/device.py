@@ -24,6 +24,7 @@ from app.edge.errors import (
 from app.inference.contract import GpuMemory, InferenceListener, QueuedWork, WorkerState
 from app.inference.estimates import StepTimes
 from app.inference.models import Models, ProgressCallback
+from catvton import DenoisingStep
 from catvton.errors import CatVTONError, InferenceCanceledError
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class StepReporter:
         self.ticket = ticket
         self.last_step_at: float | None = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, progress: DenoisingStep) -> None:
+        done, total = progress.step, progress.total_steps
         now = time.perf_counter()
         ticket = self.ticket
         if self.last_step_at is not None:

@@ -66,6 +66,33 @@ def test_tryon_with_a_mask_writes_the_image_and_timings(
         assert image.size == (96, 128) and image.mode == "RGB"
 
 
+def test_tryon_previews_writes_one_jpeg_per_preview_step(
+    tiny_weights, image_files, tmp_path
+) -> None:
+    """Every 2nd of 5 steps and the last; 2x the latent size (12 x 16 at 96 x 128)."""
+    previews = tmp_path / "previews"
+    args = [*tryon_args(tiny_weights, image_files, tmp_path / "out.png"), "--mask"]
+    args += [image_files["mask"], "--steps", "5", "--previews", previews, "--preview-every", "2"]
+    assert main(list(map(str, args))) == 0
+    assert sorted(path.name for path in previews.iterdir()) == [
+        "step-002.jpg",
+        "step-004.jpg",
+        "step-005.jpg",
+    ]
+    for path in previews.iterdir():
+        with Image.open(path) as preview:
+            assert preview.format == "JPEG" and preview.size == (24, 32) and preview.mode == "RGB"
+
+
+@pytest.mark.parametrize("every", ["-1", "often"])
+def test_preview_every_must_be_a_count(every, capsys) -> None:
+    args = ["tryon", "--person", "p", "--cloth", "c", "--mask", "m", "--out", "o"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--preview-every", every])
+    assert exit_info.value.code == 2
+    assert "--preview-every" in capsys.readouterr().err
+
+
 def test_mask_command_output_feeds_tryon_for_a_landscape_photo(
     tiny_weights, image_files, tmp_path
 ) -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from catvton import (
     CatVTONPipeline,
+    DenoisingStep,
     InferenceCanceledError,
     InvalidInputError,
     WeightSources,
@@ -197,7 +198,9 @@ def test_every_denoising_step_is_reported_in_order(tiny_pipeline, images) -> Non
             images,
             num_inference_steps=4,
             guidance_scale=1.0,
-            on_step=lambda done, total: reported.append((done, total, len(batches))),
+            on_step=lambda progress: reported.append(
+                (progress.step, progress.total_steps, len(batches))
+            ),
         )
     finally:
         handle.remove()
@@ -211,8 +214,8 @@ def test_stop_ends_the_call_before_the_next_step_and_the_next_call_runs(
 ) -> None:
     stop = threading.Event()
 
-    def stop_after_two(done: int, total: int) -> None:
-        if done == 2:
+    def stop_after_two(progress: DenoisingStep) -> None:
+        if progress.step == 2:
             stop.set()
 
     batches, handle = count_unet_batches(tiny_pipeline)
