@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -283,16 +284,12 @@ def _check_arguments(
     size: tuple[int, int],
 ) -> None:
     """Refuse bad arguments before any work, naming the argument and what is allowed."""
-    for name, value in (
-        ("person_image", person_image),
-        ("cloth_image", cloth_image),
-        ("mask_image", mask_image),
-    ):
-        if not isinstance(value, Image.Image):
-            raise InvalidInputError(f"{name} must be a PIL image; got {type(value).__name__}")
-        if value.width < 1 or value.height < 1:
-            raise InvalidInputError(f"{name} is empty ({value.width}x{value.height})")
-    check_mask_shape(person_image, mask_image, size)
+    check_mask_shape(
+        _check_image("person_image", person_image),
+        _check_image("mask_image", mask_image),
+        size,
+    )
+    _check_image("cloth_image", cloth_image)
     if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
         raise InvalidInputError(
             f"num_inference_steps must be an integer from 1 to {MAX_INFERENCE_STEPS}; "
@@ -313,5 +310,14 @@ def _check_arguments(
         )
 
 
-def _is_int(value: object) -> bool:
+def _check_image(name: str, value: object) -> Image.Image:
+    """`value` if it is a non-empty PIL image, else InvalidInputError naming `name`."""
+    if not isinstance(value, Image.Image):
+        raise InvalidInputError(f"{name} must be a PIL image; got {type(value).__name__}")
+    if value.width < 1 or value.height < 1:
+        raise InvalidInputError(f"{name} is empty ({value.width}x{value.height})")
+    return value
+
+
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

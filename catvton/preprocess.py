@@ -108,7 +108,7 @@ def fit_cloth(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     if image.size == tuple(size):
         return image
     left, top, right, bottom = cloth_paste_box(image.size, size)
-    canvas = Image.new("RGB", tuple(size), WHITE)
+    canvas = Image.new("RGB", (size[0], size[1]), WHITE)
     canvas.paste(image.resize((right - left, bottom - top), Image.Resampling.LANCZOS), (left, top))
     return canvas
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -28,6 +29,7 @@ from catvton.masking import write_tiny_masker_weights
 # A working size for the tiny networks: 3:4 like the real one, small enough for a 2-step run in well
 # under a second on a 2-core CPU. Multiples of 32 keep every UNet level an integer size.
 TINY_SIZE = (96, 128)
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 def write_tiny_weights(weights_dir: Path, *, seed: int = 0) -> Path:
@@ -71,8 +73,8 @@ def write_tiny_weights(weights_dir: Path, *, seed: int = 0) -> Path:
 
 
 def random_model(
-    model_class: type[torch.nn.Module], kwargs: dict, generator: torch.Generator
-) -> torch.nn.Module:
+    model_class: type[ModuleT], kwargs: dict[str, Any], generator: torch.Generator
+) -> ModuleT:
     """``model_class(**kwargs)`` in fp32 on the generator's device, filled from ``generator``.
 
     Built on the meta device first, so the global RNG is never touched and no time is spent on

@@ -170,6 +170,7 @@ class _Component:
             if not path.is_file():
                 raise WeightsNotFoundError(path, fix=self.fix)
             return path
+        assert self.repo_id is not None, "a weights source is a folder or a hub id"
         try:
             return Path(hf_hub_download(self.repo_id, name))
         except LocalEntryNotFoundError as error:

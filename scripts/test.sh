@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's one test command: lint, then the whole test suite on the CPU.
+# The project's one test command: lint, type check, then the whole test suite on the CPU.
 # Creates .venv (if absent) and installs requirements-dev.txt and requirements-cluster.txt into it,
 # so it works on a fresh clone. requirements-cluster.txt brings ray[serve] (its `ray` command starts
 # the Ray head that tests/app/cluster runs on, through scripts/cluster_demo.sh, and stops it after)
@@ -14,4 +14,5 @@ fi
 .venv/bin/ray --version >/dev/null  # the cluster tests start `ray start --head` from this venv
 .venv/bin/python -m ruff check catvton app tests scripts
 .venv/bin/python -m ruff format --check catvton app tests scripts
+.venv/bin/python -m mypy  # app/ and catvton/, as pyproject.toml's [tool.mypy] says
 .venv/bin/python -m pytest "$@"

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import importlib
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,9 +45,10 @@ _ALLOWED_GLOBALS = {
 
 # numpy dtype kinds a weight may have: bool, signed and unsigned integer, floating point.
 _REAL_KINDS = "biuf"
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-def _numpy_safe_globals() -> list[object]:
+def _numpy_safe_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
     """numpy arrays, scalars and dtypes for `torch.load(weights_only=True)`, both module names.
 
     Training scripts often store a metric as a numpy scalar beside the weights; torch's
@@ -55,7 +57,7 @@ def _numpy_safe_globals() -> list[object]:
     (numpy 1.26 has `numpy._core.multiarray` only as an importable alias, not as `np._core`).
     """
     multiarray = importlib.import_module("numpy._core.multiarray")
-    allowed: list[object] = [np.dtype, np.ndarray]
+    allowed: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [np.dtype, np.ndarray]
     for name in ("_reconstruct", "scalar"):
         function = getattr(multiarray, name)
         allowed += [
@@ -127,12 +129,12 @@ def read_schp_pth(path: Path) -> StateDict:
 
 
 def load_state_dict_strictly(
-    network: nn.Module,
+    network: ModuleT,
     state_dict: StateDict,
     source: str | Path,
     *,
     ignored: Iterable[str] = (),
-) -> nn.Module:
+) -> ModuleT:
     """Load `state_dict` into `network` (built on any device, `meta` included) or raise.
 
     Every missing, unexpected or mis-shaped tensor is named in a `CheckpointMismatchError`: a

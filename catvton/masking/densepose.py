@@ -33,9 +33,9 @@ class DensePoseConfig:
     """Widths and depths of the detector; the defaults are the published R50-FPN model."""
 
     stem_channels: int = 64
-    stage_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
-    stage_bottleneck_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
-    stage_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 2048)
+    stage_blocks: tuple[int, ...] = (3, 4, 6, 3)
+    stage_bottleneck_channels: tuple[int, ...] = (64, 128, 256, 512)
+    stage_out_channels: tuple[int, ...] = (256, 512, 1024, 2048)
     fpn_channels: int = 256
     box_head_channels: int = 1024
     decoder_channels: int = 256
@@ -151,6 +151,10 @@ class ResNet(nn.Module):
 
 class FPN(nn.Module):
     """Feature pyramid p2..p6 (256 channels each), sum fusion, p6 = stride-2 subsampling of p5."""
+
+    # Added by name in __init__ (the published keys): declared for the type checker.
+    fpn_lateral5: nn.Conv2d
+    fpn_output5: nn.Conv2d
 
     def __init__(self, config: DensePoseConfig) -> None:
         super().__init__()

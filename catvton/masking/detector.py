@@ -99,7 +99,7 @@ def propose(
     network: DensePoseRCNN, features: list[torch.Tensor], image_size: tuple[int, int]
 ) -> torch.Tensor:
     """RPN proposals (K, 4) in resized-image coordinates: top 1000 per level, NMS 0.7, top 1000."""
-    boxes, scores, levels = [], [], []
+    level_boxes, level_scores, level_indices = [], [], []
     for level, (feature, (logits, deltas)) in enumerate(
         zip(features, network.proposal_generator.rpn_head(features), strict=True)
     ):
@@ -109,10 +109,11 @@ def propose(
         deltas = deltas[0].view(num_anchors, 4, *deltas.shape[-2:]).permute(2, 3, 0, 1)
         deltas = deltas.reshape(-1, 4).float()  # (H*W*A, 4)
         top_scores, top = logits.topk(min(RPN_PRE_NMS_TOPK, logits.numel()))
-        boxes.append(apply_deltas(deltas[top], anchors[top]))
-        scores.append(top_scores)
-        levels.append(torch.full_like(top, level))
-    boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
+        level_boxes.append(apply_deltas(deltas[top], anchors[top]))
+        level_scores.append(top_scores)
+        level_indices.append(torch.full_like(top, level))
+    boxes, scores = torch.cat(level_boxes), torch.cat(level_scores)
+    levels = torch.cat(level_indices)
     boxes = clip_boxes(boxes, *image_size)
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores) & _nonempty(boxes)
     boxes, scores, levels = boxes[valid], scores[valid], levels[valid]

@@ -181,10 +181,11 @@ def build_mask(
 
     # 7. The DensePose region, grown blockily (about 16 px at 1024) at a quarter of the size.
     quarter = (max(width // 4, 1), max(height // 4, 1))
-    dense = _densepose(densepose, DENSEPOSE_REGION[cloth_type]).astype(np.uint8)
-    dense = cv2.resize(dense, quarter, interpolation=cv2.INTER_NEAREST)
-    dense = cv2.dilate(dense, kernel, iterations=2)
-    dense = cv2.resize(dense, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    region = _densepose(densepose, DENSEPOSE_REGION[cloth_type]).astype(np.uint8)
+    grown = cv2.dilate(
+        cv2.resize(region, quarter, interpolation=cv2.INTER_NEAREST), kernel, iterations=2
+    )
+    dense = cv2.resize(grown, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
 
     # 8-10. Everything neither kept nor background, plus the region; convex hulls; keep again.
     mask = (~weak_protect & ~background) | dense

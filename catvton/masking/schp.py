@@ -75,9 +75,9 @@ class SCHPConfig:
     """
 
     num_classes: int
-    stem_channels: tuple[int, int, int] = (64, 64, 128)
-    layer_planes: tuple[int, int, int, int] = (64, 128, 256, 512)
-    layer_blocks: tuple[int, int, int, int] = (3, 4, 23, 3)
+    stem_channels: tuple[int, ...] = (64, 64, 128)
+    layer_planes: tuple[int, ...] = (64, 128, 256, 512)
+    layer_blocks: tuple[int, ...] = (3, 4, 23, 3)
     context_channels: int = 512
     edge_channels: int = 256
     decoder_channels: int = 256
@@ -172,7 +172,7 @@ class EdgeBranch(nn.Module):
     inference only needs the features, but the layers stay so the checkpoints load strictly.
     """
 
-    def __init__(self, config: SCHPConfig, in_channels: tuple[int, int, int]) -> None:
+    def __init__(self, config: SCHPConfig, in_channels: tuple[int, ...]) -> None:
         super().__init__()
         channels = config.edge_channels
         self.conv1 = _conv_abn(in_channels[0], channels)
@@ -216,6 +216,12 @@ class ParsingDecoder(nn.Module):
 
 class AugmentCE2P(nn.Module):
     """The SCHP network; `forward` gives the fusion logits at a quarter of the input size."""
+
+    # Added by name in __init__ (the published keys): declared for the type checker.
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(self, config: SCHPConfig) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from catvton.masking.densepose import DensePoseConfig, DensePoseRCNN
 from catvton.masking.rules import ATR_LABELS, LIP_LABELS
 from catvton.masking.schp import AugmentCE2P, SCHPConfig
 
-TINY_SCHP = {
+TINY_SCHP: dict[str, Any] = {
     "stem_channels": (8, 8, 16),
     "layer_planes": (4, 8, 8, 16),
     "layer_blocks": (1, 1, 2, 1),
