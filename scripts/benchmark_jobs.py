@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
@@ -57,19 +57,6 @@ def post(client: httpx.Client, path: str, parts: list) -> httpx.Response:
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
 
 
 def submit_cost(base_url: str, files: dict[str, bytes], repeats: int) -> None:
@@ -171,7 +158,7 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=2000)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the tiny networks gain nothing from more; the server needs a core
-    print(machine())
+    print(describe_machine())
     twelve_mp = {
         "person_image": jpeg_bytes(synthetic_photo((4032, 3024), seed=1), orientation=6),
         "cloth_image": jpeg_bytes(synthetic_photo((4000, 3000), seed=2)),

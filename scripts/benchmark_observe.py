@@ -19,7 +19,6 @@ import asyncio
 import gc
 import logging
 import os
-import platform
 import random
 import statistics
 import string
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
+from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,19 +39,6 @@ from app.observe.logs import configure_logging  # noqa: E402
 from app.observe.metrics import ServiceMetrics  # noqa: E402
 from app.observe.middleware import RequestObserver  # noqa: E402
 from app.settings import Settings  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, load average {load}, Python {platform.python_version()}"
 
 
 def random_path(rng: random.Random) -> str:
@@ -147,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=10_000)
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the benchmark)
     gc.collect()
     gc.freeze()  # as the app's lifespan does: the imports are not the collector's business

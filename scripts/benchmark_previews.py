@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,8 @@ from diffusers import UNet2DConditionModel
 
 # Runs from anywhere without installing: the repository root holds the catvton package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import cpu_model
 
 from catvton.attention import use_pass_through_cross_attention
 from catvton.configs import SD15_INPAINTING_UNET_CONFIG, model_kwargs
@@ -149,17 +150,6 @@ def median_seconds(work: Callable[[], object], repeats: int, device: torch.devic
 def wait_for(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(

@@ -16,8 +16,6 @@ import argparse
 import collections
 import multiprocessing
 import multiprocessing.synchronize
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -30,6 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
+from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
@@ -62,16 +61,6 @@ def rss_kib(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/{pid}/status")
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()}"
 
 
 def post(url: str, parts: list, boundary: str = "----RNFormBoundary7MA4YWxk") -> str:
@@ -263,7 +252,7 @@ def main() -> None:
             server.terminate()
             server.wait(30)
 
-    print(f"\nmachine: {machine()}")
+    print(f"\nmachine: {describe_machine()}")
     print(f"mix: {len(jobs)} hostile requests, {mix_s:.0f} s")
     for name, counter in sorted(answers.items()):
         print(f"  finding {name}: {dict(counter)}")

@@ -21,17 +21,6 @@ from catvton.preprocess import fit_person
 from catvton.tiny import TINY_SIZE
 
 
-@pytest.fixture(scope="module")
-def images() -> tuple[Image.Image, Image.Image, Image.Image]:
-    """A person (tall, patterned), a garment (square) and a mask over the torso, all generated."""
-    rng = np.random.default_rng(0)
-    person = Image.fromarray(rng.integers(0, 256, (400, 240, 3), dtype=np.uint8))
-    cloth = Image.fromarray(rng.integers(0, 256, (150, 150, 3), dtype=np.uint8))
-    mask = Image.new("L", person.size, 0)
-    mask.paste(255, (60, 100, 180, 260))
-    return person, cloth, mask
-
-
 def run(pipeline: CatVTONPipeline, images, **kwargs):
     kwargs.setdefault("num_inference_steps", 2)
     return pipeline(*images, **kwargs)

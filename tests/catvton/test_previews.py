@@ -22,17 +22,6 @@ from catvton.tiny import TINY_SIZE
 LATENT_W, LATENT_H = TINY_SIZE[0] // 8, TINY_SIZE[1] // 8
 
 
-@pytest.fixture(scope="module")
-def images() -> tuple[Image.Image, Image.Image, Image.Image]:
-    """A person, a garment and a torso mask, generated."""
-    rng = np.random.default_rng(1)
-    person = Image.fromarray(rng.integers(0, 256, (256, 192, 3), dtype=np.uint8))
-    cloth = Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8))
-    mask = Image.new("L", person.size, 0)
-    mask.paste(255, (40, 60, 150, 180))
-    return person, cloth, mask
-
-
 # --- the rule -----------------------------------------------------------------------------------
 
 
