@@ -32,6 +32,7 @@ from test_try_on_http import (  # noqa: F401  (collected here, against the clust
 )
 
 from app.cluster.registry import HEARTBEAT_S
+from app.edge.schemas import HealthResponse
 
 SLOWER = {"num_inference_steps": "30", "guidance_scale": "1.0"}
 HOLD = {"num_inference_steps": "100", "guidance_scale": "7.5"}  # the longest try-on there is
@@ -45,6 +46,10 @@ def test_health_lists_every_replica_and_redis(cluster: Cluster) -> None:
     body = cluster.health()
     assert body["status"] == "ok" and body["redis"] == "ok"
     assert body["size"] == [96, 128] and body["demo"] is True
+    # The single process's /health route and body, extended: every field (receiving, gpu,
+    # draining as a status word) comes from the same worker status.
+    assert body.keys() == set(HealthResponse.model_fields)
+    assert body["receiving"] == 0 and body["gpu"] is None
     assert len(body["replicas"]) == 2
     for replica in body["replicas"]:
         assert replica.keys() == {"id", "status", "error", "inferences_served"}
