@@ -9,6 +9,7 @@ id. A set of ids lets readers fetch all reports with one MGET instead of scannin
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any, TypedDict
@@ -21,6 +22,10 @@ HEARTBEAT_S = 1.0
 REPORT_TTL_S = 4
 KEY_PREFIX = "catvton:replica:"
 IDS_KEY = "catvton:replicas"
+# Set while the whole service drains (`python -m app.cluster` got SIGTERM/SIGINT): every ingress
+# replica answers /health 503 "draining" and new try-ons 503 shutting_down, as the single process
+# does on a signal. It expires by itself, so a stopper that dies cannot leave the service drained.
+DRAIN_KEY = "catvton:draining"
 
 
 class ReplicaGpu(TypedDict):
@@ -60,6 +65,10 @@ class ReplicaRegistry:
             pipe.sadd(IDS_KEY, report["id"])
             await pipe.execute()
 
+    async def draining(self) -> bool:
+        """Whether the whole service drains (see DRAIN_KEY)."""
+        return await draining(self._redis)
+
     async def read(self) -> list[ReplicaReport]:
         """Every live replica's latest report, sorted by id; forgets ids whose report expired."""
         ids = sorted(member.decode() for member in await self._redis.smembers(IDS_KEY))
@@ -70,6 +79,19 @@ class ReplicaRegistry:
         if expired:
             await self._redis.srem(IDS_KEY, *expired)
         return [json.loads(value) for value in values if value is not None]
+
+
+async def announce_drain(redis: Redis, seconds: float) -> None:
+    """Every ingress replica drains (within a heartbeat) for `seconds` or until `end_drain`."""
+    await redis.set(DRAIN_KEY, "1", ex=max(1, math.ceil(seconds)))
+
+
+async def end_drain(redis: Redis) -> None:
+    await redis.delete(DRAIN_KEY)
+
+
+async def draining(redis: Redis) -> bool:
+    return bool(await redis.exists(DRAIN_KEY))
 
 
 class ReplicaView:
@@ -90,11 +112,13 @@ class ReplicaView:
         self._seen: dict[str, tuple[ReplicaReport, float]] = {}  # id -> report, when read
         self.replicas: list[ReplicaReport] = []  # sorted by id
         self.redis_status = "connecting"  # ok, or why Redis could not be read
+        self.draining = False  # the whole service drains (DRAIN_KEY), as last read
 
     async def refresh(self) -> None:
         """Read the reports; while Redis is down keep the last ones and say why."""
         try:
             reports = await self._registry.read()
+            self.draining = await self._registry.draining()
         except Exception as exc:
             self.unreadable(exc)
         else:

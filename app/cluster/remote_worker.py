@@ -136,7 +136,7 @@ class RemoteWorker:
         self._view = ReplicaView(registry)
         self.queue_capacity = queue_capacity  # Serve's max_queued_requests, per ingress replica
         self.max_queued_jobs = max_queued_jobs
-        self.draining = False  # Serve is stopping this ingress replica (SharedJobRunner.drain)
+        self._stopping = False  # Serve is stopping this ingress replica (SharedJobRunner.drain)
         self.started_at = time.monotonic()
         self._in_flight = 0  # synchronous calls handed to Serve, not yet answered
         self._waiting_jobs: list[QueuedWork] = []  # jobs not yet on a replica, in order
@@ -245,9 +245,15 @@ class RemoteWorker:
             return ModelLoadFailedError(reason or "unknown error")
         return None
 
+    @property
+    def draining(self) -> bool:
+        """Serve stops this ingress replica, or the whole service drains (a signal to
+        `python -m app.cluster`, seen in Redis)."""
+        return self._stopping or self._view.draining
+
     def begin_drain(self) -> None:
         """Take no new work (503 shutting_down); what this replica holds goes on."""
-        self.draining = True
+        self._stopping = True
 
     def check_accepting(self, door: Door = "sync") -> None:
         if self.draining:

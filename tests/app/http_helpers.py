@@ -177,7 +177,7 @@ def post_try_on(
 
 
 def assert_envelope(response: httpx.Response, status: int, code: str, says: str) -> dict:
-    """The error envelope of api.md: status, stable code, message, request id in body and header."""
+    """The error envelope (README, "Errors"): status, stable code, message, request id in body and header."""
     assert response.status_code == status, response.text
     body = response.json()
     assert body["success"] is False

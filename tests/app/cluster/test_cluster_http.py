@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_replica_running
 from http_helpers import FAST, assert_envelope, post_try_on, try_on_parts
-from jobs_helpers import JOBS, document, masked_parts, submit, wait_for_job
+from jobs_helpers import JOBS, document, masked_parts, submit, wait_final, wait_for_job
 from test_try_on_http import (  # noqa: F401  (collected here, against the cluster)
     test_a_body_that_is_not_multipart_gets_422,
     test_a_mask_of_another_shape_than_the_person_gets_422,
@@ -128,3 +128,35 @@ def test_a_killed_replica_fails_its_request_and_serve_replaces_it(cluster: Clust
     )
     assert {replica["id"] for replica in body["replicas"]} - before  # a new replica took its place
     assert post_try_on(cluster.url, try_on_parts(**FAST)).status_code == 200
+
+
+def test_a_service_drain_says_draining_on_every_ingress_replica(cluster: Cluster) -> None:
+    """What `python -m app.cluster` does on SIGTERM/SIGINT (app/cluster/__main__.py): every
+    ingress replica answers /health 503 "draining" and new try-ons 503 shutting_down, while the
+    job already running finishes; the service comes back when the drain ends."""
+    import asyncio
+
+    from app.cluster.redis_client import connect
+    from app.cluster.registry import announce_drain, end_drain
+
+    redis_url = f"redis://127.0.0.1:{cluster.redis_port}/0"
+    cluster.wait_for_health(lambda body: body["status"] == "ok" and not body["busy"])
+    running = submit(cluster.url, masked_parts(**SLOWER))
+    assert running.status_code == 202, running.text
+    job_id = running.json()["jobId"]
+    wait_for_job(cluster.url, job_id, lambda body: body["status"] == "running")
+    asyncio.run(announce_drain(connect(redis_url), 60))
+    try:
+        cluster.wait_for_health(lambda body: body["status"] == "draining", timeout=10)
+        served_by = set()
+        for _ in range(12):  # through Serve's proxy: both ingress replicas answer alike
+            response = httpx.get(f"{cluster.url}/health", timeout=10)
+            assert response.status_code == 503 and response.json()["status"] == "draining"
+            served_by.add(response.headers["X-Served-By"])
+        assert len(served_by) == 2
+        refused = post_try_on(cluster.url, try_on_parts(**FAST))
+        assert_envelope(refused, 503, "shutting_down", "shutting down")
+        assert wait_final(cluster.url, job_id)["status"] == "succeeded"
+    finally:
+        asyncio.run(end_drain(connect(redis_url)))
+    cluster.wait_for_health(lambda body: body["status"] == "ok", timeout=10)
