@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.access.limits import parse_rate_limit
 from catvton.pipeline import parse_size
+from catvton.previews import DEFAULT_PREVIEW_EVERY
 
 MEBIBYTE = 1024 * 1024
 
@@ -111,6 +112,12 @@ class Settings(BaseSettings):
     )
     max_jobs: int = Field(
         1000, ge=1, description="job records kept; the oldest finished are evicted first"
+    )
+    preview_every: int = Field(
+        DEFAULT_PREVIEW_EVERY,
+        ge=0,
+        description="jobs: a preview of the result every N denoising steps, and one at the last "
+        "(GET /api/try-on/jobs/{jobId}/preview); 0 turns previews off",
     )
     cache_mb: float = Field(
         256.0, ge=0, description="MiB of the result cache for fixed seeds (LRU); 0 turns it off"

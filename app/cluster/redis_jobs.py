@@ -1,7 +1,8 @@
 """The Redis `JobStore`: the same records, results, claims and retention for every ingress replica.
 
 Layout (all under `catvton:`): `job:{id}` the record's JSON, `job:{id}:result` a hash of the
-result's bytes (`redis_results`), `jobkey:{sha1(client, key)}` an Idempotency-Key claim, sorted
+result's bytes (`redis_results`), `job:{id}:preview` a hash of the latest preview (step, JPEG),
+`jobkey:{sha1(client, key)}` an Idempotency-Key claim, sorted
 sets `jobs` (every record, for the count cap), `jobs:finished` (by expiry time: expiry and
 eviction take the lowest first) and `jobs:tombstones` (forgotten ids, for 410), a byte counter
 `jobs:result-bytes`, and a stream `job:{id}:versions` per job holding each version for `watch`
@@ -53,14 +54,14 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {1, ARGV[2]}
 """
 
-# KEYS: record, result, all, finished, bytes, tombstones, versions.
+# KEYS: record, result, all, finished, bytes, tombstones, versions, preview.
 # ARGV: id, tombstone (1/0), now, prefix, max tombstones.
 FORGET_SCRIPT = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local nbytes = redis.call('HGET', KEYS[2], 'nbytes')
 if nbytes then redis.call('DECRBY', KEYS[5], nbytes) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[7], KEYS[8])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 local record = cjson.decode(raw)
@@ -90,6 +91,10 @@ def claim_key(client: str, idempotency_key: str) -> str:
     """The claim's key; FORGET_SCRIPT computes the same with redis.sha1hex."""
     digest = hashlib.sha1(f"{client}\n{idempotency_key}".encode()).hexdigest()
     return f"{PREFIX}jobkey:{digest}"
+
+
+def preview_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:preview"
 
 
 def versions_key(job_id: str) -> str:
@@ -165,6 +170,20 @@ class RedisJobStore(JobStore):
     async def result(self, job_id: str) -> EncodedResult | None:
         await self.get(job_id)
         return result_from_fields(await self._redis.hgetall(result_key(job_id)))
+
+    async def save_preview(self, job_id: str, step: int, jpeg: bytes) -> JobRecord:
+        def store_preview(pipe: Pipeline) -> None:
+            pipe.hset(preview_key(job_id), mapping={"step": step, "data": jpeg})
+
+        # In the record's transaction: a forgotten record (the WATCH sees it go) keeps no preview.
+        return await self._replace(job_id, {"preview_step": step}, also=store_preview)
+
+    async def preview(self, job_id: str) -> tuple[int, bytes] | None:
+        await self.get(job_id)
+        fields = await self._redis.hgetall(preview_key(job_id))
+        if b"step" not in fields or b"data" not in fields:
+            return None
+        return int(fields[b"step"]), fields[b"data"]
 
     async def delete(self, job_id: str) -> None:
         await self.get(job_id)
@@ -251,6 +270,7 @@ class RedisJobStore(JobStore):
                 BYTES_KEY,
                 TOMBSTONES_KEY,
                 versions_key(job_id),
+                preview_key(job_id),
             ],
             args=[job_id, int(tombstone), self._clock(), PREFIX, MAX_TOMBSTONES],
         )

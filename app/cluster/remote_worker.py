@@ -387,11 +387,12 @@ class RemoteWorker:
                     if name == "outcome":
                         return args[0]
                     self._started(work)
-                    if name == "on_step":
+                    if name in ("on_step", "on_preview"):
                         done = args[0]
                         if done <= steps_before:
                             continue
-                        work.steps_done = done
+                        if name == "on_step":
+                            work.steps_done = done
                     if work.listener is not None:
                         getattr(work.listener, name)(*args)
             except BackPressureError:

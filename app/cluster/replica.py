@@ -14,12 +14,13 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from ray import serve
 
 from app.cluster.redis_client import connect
@@ -29,11 +30,13 @@ from app.inference.contract import TryOnJob, TryOnOutcome
 from app.inference.models import Models, ProgressCallback, load_models
 from app.inference.worker import InferenceWorker
 from app.settings import Settings
+from catvton.previews import preview_to_jpeg
 
 logger = logging.getLogger(__name__)
 
 LOAD_POLL_S = 0.1
-ProgressEvent = tuple[Any, ...]  # ("on_stage", stage, eta_s) / ("on_step", done, total, eta_s)
+# ("on_stage", stage, eta_s) / ("on_step", done, total, eta_s) / ("on_preview", step, JPEG bytes)
+ProgressEvent = tuple[Any, ...]
 
 
 async def never() -> None:
@@ -71,6 +74,23 @@ class StreamedProgress:
 
     def on_step(self, done: int, total: int, eta_s: float | None) -> None:
         self.events.put_nowait(("on_step", done, total, eta_s))
+
+    def on_preview(self, step: int, image: Image.Image | bytes) -> None:
+        """Encoded in the loop's thread pool (not on the device thread); queued as a future in
+        its place, so the events keep their order and only the small JPEG crosses to Ray."""
+        jpeg = image if isinstance(image, bytes) else asyncio.to_thread(preview_to_jpeg, image)
+        self.events.put_nowait(("on_preview", step, asyncio.ensure_future(jpeg_of(jpeg))))
+
+
+async def jpeg_of(jpeg: bytes | Awaitable[bytes]) -> bytes:
+    return jpeg if isinstance(jpeg, bytes) else await jpeg
+
+
+async def ready(event: ProgressEvent) -> ProgressEvent:
+    """The event as it crosses to the ingress: a preview's encoding awaited."""
+    if event[0] == "on_preview":
+        return (event[0], event[1], await event[2])
+    return event
 
 
 class TryOnReplica:
@@ -129,11 +149,11 @@ class TryOnReplica:
                 event = asyncio.ensure_future(progress.events.get())
                 await asyncio.wait({event, outcome}, return_when=asyncio.FIRST_COMPLETED)
                 if event.done():
-                    yield event.result()
+                    yield await ready(event.result())
                 else:
                     event.cancel()
             while not progress.events.empty():
-                yield progress.events.get_nowait()
+                yield await ready(progress.events.get_nowait())
             yield ("outcome", outcome.result())
         except asyncio.CancelledError:
             self.worker.cancel(work)

@@ -192,6 +192,18 @@ class JobNotFinishedError(ServiceError):
         super().__init__(f"The job is {status}; poll its status and fetch this once it succeeded.")
 
 
+class PreviewNotReadyError(ServiceError):
+    status_code = 404
+    code = "preview_not_ready"
+    retry_after_s = 1
+
+    def __init__(self) -> None:
+        super().__init__(
+            "No preview yet: the job has not reached its first preview step (or previews are "
+            "off); poll the job document, its preview field says when one exists."
+        )
+
+
 class JobCanceledError(ServiceError):
     status_code = 409
     code = "canceled"
@@ -228,7 +240,7 @@ class IdempotencyKeyReusedError(ServiceError):
 # with the envelope as its body (`error_responses`), so a generated client can read the error.
 ERROR_DESCRIPTIONS = {
     401: "a missing or unknown API key (when the server is started with --api-keys-file)",
-    404: "no such resource (jobs: job_not_found, also for a malformed id)",
+    404: "no such resource (jobs: job_not_found, also for a malformed id; preview_not_ready)",
     408: "the upload arrived too slowly (the connection is closed)",
     409: "jobs: job_not_finished (Retry-After), or canceled",
     410: "jobs: job_expired, the job and its result were forgotten (answered for 24 h)",

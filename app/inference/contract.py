@@ -63,6 +63,10 @@ class WorkListener(Protocol):
     def on_step(self, done: int, total: int, eta_s: float | None) -> None:
         """`done` of `total` denoising steps are finished."""
 
+    def on_preview(self, step: int, image: Image.Image | bytes) -> None:
+        """A preview of the result as of denoising step `step` (job door, `--preview-every`): the
+        small RGB picture the device made, or (from a cluster replica) its JPEG bytes."""
+
 
 @dataclass
 class QueuedWork:
@@ -81,6 +85,7 @@ class QueuedWork:
     position: int = 0
     eta_s: float | None = None
     steps_done: int = 0
+    preview_every: int = 0  # a preview every N denoising steps (the job door only); 0: none
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     enqueued_at: float = field(default_factory=time.perf_counter)
 

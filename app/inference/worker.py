@@ -63,8 +63,10 @@ class InferenceWorker:
         queue_size: int,
         queue_timeout: float,
         max_queued_jobs: int,
+        preview_every: int = 0,
     ) -> None:
         self.queue_size = queue_size
+        self.preview_every = preview_every  # jobs only: the synchronous door never previews
         self.queue_timeout = queue_timeout
         self.max_queued_jobs = max_queued_jobs
         self.device = Device(load)
@@ -87,6 +89,7 @@ class InferenceWorker:
             queue_size=settings.queue_size,
             queue_timeout=settings.queue_timeout,
             max_queued_jobs=settings.max_queued_jobs,
+            preview_every=settings.preview_every,
         )
 
     # -- lifecycle (lifespan) ------------------------------------------------------------------
@@ -254,6 +257,8 @@ class InferenceWorker:
         ticket = QueuedWork(
             job, loop, loop.create_future(), loop.create_future(), door=door, listener=listener
         )
+        if door == "job":
+            ticket.preview_every = self.preview_every
         with self._condition:
             if door == "sync":
                 self.check_accepting()

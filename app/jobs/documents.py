@@ -34,6 +34,11 @@ class JobResultDocument(_Camel):
     timings_ms: dict[str, float]
 
 
+class JobPreviewDocument(_Camel):
+    url: str = Field(description="GET it (If-None-Match) for the JPEG; 304 until a newer one")
+    step: int = Field(description="the denoising step it shows; grows with each new preview")
+
+
 class JobErrorDocument(_Camel):
     error: str = Field(description="e.g. gpu_out_of_memory, canceled, shutting_down")
     message: str
@@ -58,6 +63,10 @@ class JobDocument(_Camel):
     expires_at: str | None = Field(description="when the record and result are forgotten")
     result: JobResultDocument | None
     error: JobErrorDocument | None
+    preview: JobPreviewDocument | None = Field(
+        description="the latest preview of the result while it denoises (kept after the job "
+        "ends, until the record goes); null before the first or with previews off"
+    )
 
 
 def iso_time(seconds: float | None) -> str | None:
@@ -66,6 +75,12 @@ def iso_time(seconds: float | None) -> str | None:
         return None
     moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def preview_document(record: JobRecord) -> JobPreviewDocument | None:
+    if record.preview_step is None:
+        return None
+    return JobPreviewDocument(url=f"{JOBS_PATH}/{record.job_id}/preview", step=record.preview_step)
 
 
 def render(record: JobRecord) -> JobDocument:
@@ -106,6 +121,7 @@ def render(record: JobRecord) -> JobDocument:
         expires_at=iso_time(record.expires_at),
         result=result,
         error=error,
+        preview=preview_document(record),
     )
 
 

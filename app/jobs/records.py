@@ -65,6 +65,7 @@ class JobRecord(BaseModel):
     queue_position: int | None = None
     step: int = 0
     total_steps: int
+    preview_step: int | None = None  # the step of the latest preview kept beside the record
     eta_at: float | None = None  # when the job should be done, by the worker's estimate
     cancel_requested: bool = False
     cached: bool = False

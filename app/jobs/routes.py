@@ -1,4 +1,5 @@
-"""/api/try-on/jobs: submit, status, events, result, mask, cancel, delete (README, "Try-on jobs").
+"""/api/try-on/jobs: submit, status, events, result, mask, preview, cancel, delete (README,
+"Try-on jobs").
 
 Submitting runs the same try-on flow as the synchronous route (app/inference/flow.py: the same
 upload caps, options, decoding, fitting and cache, so every intake protection covers both doors),
@@ -25,6 +26,7 @@ from app.edge.errors import (
     JobFailedError,
     JobNotFinishedError,
     JobNotFoundError,
+    PreviewNotReadyError,
     error_responses,
 )
 from app.inference.flow import StageTimer, prepare_try_on, receive_try_on, success_body
@@ -209,6 +211,46 @@ async def get_result(job_id: JobId, request: Request, jobs: JobsDep) -> Response
 async def get_mask(job_id: JobId, jobs: JobsDep) -> Response:
     _, result = await finished_result(jobs.store, job_id)
     return Response(result.mask.data, media_type=result.mask.mime_type)
+
+
+def preview_etag(step: int) -> str:
+    return f'"{step}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak comparison, a list, or *)."""
+    if if_none_match is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get(
+    "/{job_id}/preview",
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the latest preview (ETag)"},
+        304: {"description": "If-None-Match names the latest preview: nothing newer"},
+        **error_responses(401, 404, 410, 422),
+    },
+    summary="JPEG of the latest preview while the job denoises (ETag, Preview-Step; 304)",
+)
+async def get_preview(job_id: JobId, request: Request, jobs: JobsDep) -> Response:
+    """404 preview_not_ready before the first; the last one stays after the job ends. A poll
+    with the current ETag costs one record read: no bytes read, nothing encoded."""
+    record = await jobs.store.get(job_id)
+    if record.preview_step is None:
+        raise PreviewNotReadyError()
+    etag = preview_etag(record.preview_step)
+    headers = {"Cache-Control": "no-cache"}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        headers.update({"ETag": etag, "Preview-Step": str(record.preview_step)})
+        return Response(status_code=304, headers=headers)
+    preview = await jobs.store.preview(job_id)
+    if preview is None:  # forgotten in between: the record said it had one
+        raise PreviewNotReadyError()
+    step, jpeg = preview
+    headers.update({"ETag": preview_etag(step), "Preview-Step": str(step)})
+    return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 
 @router.post(

@@ -13,7 +13,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
+
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from app.cache.results import ResultCache
 from app.edge.errors import JobExpiredError, JobNotFoundError, ServiceError
@@ -24,6 +28,7 @@ from app.jobs.records import JobError, JobOutput, JobRecord, new_job_id
 from app.jobs.store import JobStore
 from app.media.encoding import EncodedResult
 from catvton.errors import InferenceCanceledError, InvalidInputError
+from catvton.previews import preview_to_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +39,18 @@ def eta_at(eta_s: float | None) -> float | None:
     return None if eta_s is None else time.time() + eta_s
 
 
+@dataclass(frozen=True)
+class Preview:
+    """A preview to store: the device's small picture (JPEG-encoded in the thread pool, never on
+    the device thread) or, from a cluster replica, its JPEG bytes."""
+
+    step: int
+    image: Image.Image | bytes
+
+    def jpeg(self) -> bytes:
+        return self.image if isinstance(self.image, bytes) else preview_to_jpeg(self.image)
+
+
 class JobProgress:
     """A job's `WorkListener`: each report becomes a record change, queued in arrival order.
 
@@ -42,7 +59,7 @@ class JobProgress:
     """
 
     def __init__(self) -> None:
-        self.changes: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.changes: asyncio.Queue[dict[str, Any] | Preview | None] = asyncio.Queue()
         self.started = False
 
     def on_queue(self, position: int, eta_s: float | None) -> None:
@@ -57,6 +74,9 @@ class JobProgress:
 
     def on_step(self, done: int, total: int, eta_s: float | None) -> None:
         self.changes.put_nowait({"step": done, "total_steps": total, "eta_at": eta_at(eta_s)})
+
+    def on_preview(self, step: int, image: Image.Image | bytes) -> None:
+        self.changes.put_nowait(Preview(step, image))
 
 
 def job_error(exc: BaseException) -> JobError:
@@ -188,7 +208,11 @@ class JobRunner:
         work.done.add_done_callback(lambda _: progress.changes.put_nowait(None))
         try:
             while (change := await progress.changes.get()) is not None:
-                record = await self.store.update(job_id, **change)
+                if isinstance(change, Preview):
+                    jpeg = await run_in_threadpool(change.jpeg)
+                    record = await self.store.save_preview(job_id, change.step, jpeg)
+                else:
+                    record = await self.store.update(job_id, **change)
                 if record.cancel_requested and not work.stop.is_set():
                     self.worker.cancel(work)  # asked through another process's store view
             await self._conclude(job_id, work, timer, cache_key)

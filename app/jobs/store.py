@@ -10,6 +10,9 @@ The contract every implementation keeps:
 - `create` and its Idempotency-Key claim are one atomic step: two submissions with the same key
   make one job (the second gets the first's record back, `created` False).
 - Results are `EncodedResult` bytes (never base64), stored by `finish`, read by `result`.
+- A job's latest preview (JPEG bytes and its denoising step) is kept beside the record by
+  `save_preview`, which also sets the record's `preview_step` in the same change; it lives and is
+  forgotten with the record, and counts toward no cap (a few KB).
 - Retention: a final record and its result live `ttl_s` seconds after they finish. Results are
   bounded by `max_bytes`, records by `max_jobs`: the oldest FINISHED jobs are evicted first; a
   queued or running job is never evicted (the newest result is kept even if it alone is over the
@@ -90,6 +93,15 @@ class JobStore(ABC):
         """The stored result (None for a job without one); raises as `get`."""
 
     @abstractmethod
+    async def save_preview(self, job_id: str, step: int, jpeg: bytes) -> JobRecord:
+        """Keep `jpeg` as the job's latest preview, of denoising step `step`, replacing the one
+        before, and set the record's `preview_step` (an `update`); raises as `get`."""
+
+    @abstractmethod
+    async def preview(self, job_id: str) -> tuple[int, bytes] | None:
+        """The latest preview as (step, JPEG bytes), None before the first; raises as `get`."""
+
+    @abstractmethod
     async def delete(self, job_id: str) -> None:
         """Forget the job, its result and its idempotency key; later lookups answer 404."""
 
@@ -116,6 +128,7 @@ class InMemoryJobStore(JobStore):
         super().__init__(**retention)
         self._records: dict[str, JobRecord] = {}
         self._results: dict[str, EncodedResult] = {}
+        self._previews: dict[str, tuple[int, bytes]] = {}  # job id -> (step, JPEG bytes)
         self._result_bytes = 0
         self._finished: OrderedDict[str, None] = OrderedDict()  # oldest finished first
         self._keys: dict[tuple[str, str], str] = {}  # (client, Idempotency-Key) -> job id
@@ -174,6 +187,17 @@ class InMemoryJobStore(JobStore):
         self._lookup(job_id)
         return self._results.get(job_id)
 
+    async def save_preview(self, job_id: str, step: int, jpeg: bytes) -> JobRecord:
+        self._expire()
+        self._lookup(job_id)
+        self._previews[job_id] = (step, jpeg)
+        return self._replace(job_id, {"preview_step": step})
+
+    async def preview(self, job_id: str) -> tuple[int, bytes] | None:
+        self._expire()
+        self._lookup(job_id)
+        return self._previews.get(job_id)
+
     async def delete(self, job_id: str) -> None:
         self._expire()
         self._lookup(job_id)
@@ -224,6 +248,7 @@ class InMemoryJobStore(JobStore):
         record = self._records.pop(job_id)
         if (result := self._results.pop(job_id, None)) is not None:
             self._result_bytes -= result.nbytes
+        self._previews.pop(job_id, None)
         self._finished.pop(job_id, None)
         if record.idempotency_key is not None:
             self._keys.pop((record.client, record.idempotency_key), None)

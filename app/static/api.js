@@ -171,6 +171,24 @@ export class TryOnClient {
     await this.request(jobUrl(jobId, "cancel"), { method: "POST" });
   }
 
+  /** The job's latest preview (`job.preview.url`), fetched with If-None-Match `etag` (the one
+   * of the preview on show): `{objectUrl, etag, step}`, or null when it has not changed (304). */
+  async preview(url, etag, signal = undefined) {
+    const headers = etag ? { "If-None-Match": etag } : {};
+    let response;
+    try {
+      response = await this.request(url, { headers, signal, cache: "no-store" });
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 304) return null; // nothing newer
+      throw error;
+    }
+    return {
+      objectUrl: URL.createObjectURL(await response.blob()),
+      etag: response.headers.get("ETag"),
+      step: Number(response.headers.get("Preview-Step")),
+    };
+  }
+
   /** An object URL of the image at `url` (a result or a mask), fetched with the key. */
   async blobUrl(url, signal = undefined) {
     const response = await this.request(url, { signal });

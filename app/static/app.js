@@ -41,6 +41,7 @@ const run = {
   controller: null, // aborts the upload, a retry wait, the stream and the polling
   jobId: null,
   waitingForKey: false, // the last attempt got 401: a saved key resubmits
+  preview: null, // {step, etag, objectUrl} on show, wanted (a newer step), loading
 };
 
 // ---- the API key (kept in this browser, sent as Authorization: Bearer) -------------------
@@ -314,6 +315,65 @@ function showJob(job) {
   run.jobId = job.jobId;
   const [words, detail] = describeJob(job);
   setProgress(job.progress ? job.progress.fraction : 0, words, detail);
+  if (job.preview && !FINAL_STATES.has(job.status)) wantPreview(job.preview, run.controller.signal);
+}
+
+// ---- the preview: fills the result area while the job denoises -----------------------------
+
+/** The document names a preview: fetch it (If-None-Match) when its step grew, one at a time. */
+function wantPreview({ url, step }, signal) {
+  const preview = (run.preview ||= { step: 0, etag: null, objectUrl: null, wanted: 0 });
+  if (step <= Math.max(preview.step, preview.wanted)) return;
+  preview.wanted = step;
+  if (!preview.loading) loadPreview(url, preview, signal);
+}
+
+async function loadPreview(url, preview, signal) {
+  preview.loading = true;
+  try {
+    while (preview.wanted > preview.step && run.preview === preview) {
+      const wanted = preview.wanted;
+      const fetched = await client.preview(url, preview.etag, signal);
+      if (run.preview !== preview) {
+        if (fetched) URL.revokeObjectURL(fetched.objectUrl);
+        return; // the job ended meanwhile: the result (or a message) replaced the preview
+      }
+      if (!fetched) {
+        preview.step = Math.max(preview.step, wanted);
+        continue;
+      }
+      if (preview.objectUrl) URL.revokeObjectURL(preview.objectUrl);
+      Object.assign(preview, { objectUrl: fetched.objectUrl, etag: fetched.etag });
+      preview.step = Math.max(fetched.step, wanted);
+      showPreview(fetched);
+    }
+  } catch {
+    // A preview is a nicety: a failed fetch leaves the bar, and the next step asks again.
+    if (run.preview === preview) preview.wanted = preview.step;
+  } finally {
+    preview.loading = false;
+  }
+}
+
+function showPreview({ objectUrl, step }) {
+  $("preview-image").src = objectUrl;
+  $("preview-caption").textContent = `A rough preview at step ${step}; the result replaces it`;
+  $("result-empty").hidden = true;
+  $("result-view").hidden = true; // an earlier result comes back with the new one
+  $("preview-area").hidden = false;
+}
+
+function hidePreview() {
+  const preview = run.preview;
+  run.preview = null;
+  if (!preview) return;
+  $("preview-area").hidden = true;
+  $("preview-image").removeAttribute("src");
+  if (preview.objectUrl) URL.revokeObjectURL(preview.objectUrl);
+  // No new result (failed, canceled): what was on show before comes back.
+  const shown = Boolean($("result-image").getAttribute("src"));
+  $("result-view").hidden = !shown;
+  $("result-empty").hidden = shown;
 }
 
 async function startTryOn(event) {
@@ -340,6 +400,7 @@ async function startTryOn(event) {
     });
     if (final.status === "succeeded") {
       const imageUrl = await client.blobUrl(final.result.imageUrl, signal);
+      hidePreview();
       showResult({ ...final.result, imageUrl, cached: final.cached, personUrl, summary });
     } else {
       URL.revokeObjectURL(personUrl);
@@ -350,6 +411,7 @@ async function startTryOn(event) {
     URL.revokeObjectURL(personUrl);
     showFailure(error, signal);
   } finally {
+    hidePreview();
     setRunning(false);
   }
 }

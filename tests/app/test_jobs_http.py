@@ -94,7 +94,8 @@ def test_events_stream_each_step_then_end_after_the_final_state(
     base_url, _ = served_jobs
     job_id = submit(base_url, masked_parts(seed="-1", **FAST)).json()["jobId"]
     events = read_events(base_url, job_id)
-    assert {name for name, _, _ in events} == {"job"}
+    assert {name for name, _, _ in events} == {"job", "preview"}  # previews: test_previews_http
+    events = [event for event in events if event[0] == "job"]
     ids = [int(event_id) for _, event_id, _ in events]
     assert ids == sorted(set(ids))
     documents = [data for _, _, data in events]
@@ -104,7 +105,10 @@ def test_events_stream_each_step_then_end_after_the_final_state(
     assert documents[-1]["status"] == "succeeded"
     # A finished job: the final document at once, then the stream ends.
     replay = read_events(base_url, job_id, timeout=30)
-    assert [body["status"] for _, _, body in replay] == ["succeeded"]
+    assert [(name, body.get("status")) for name, _, body in replay] == [
+        ("job", "succeeded"),
+        ("preview", None),  # its last preview, by URL
+    ]
 
 
 def test_unknown_and_malformed_job_ids_get_404(served_jobs: tuple[str, InferenceWorker]) -> None:

@@ -253,3 +253,41 @@ async def test_watch_ends_when_the_job_is_forgotten_and_refuses_unknown_ids(
     with pytest.raises(JobNotFoundError):
         async for _ in store.watch(record.job_id):
             pass
+
+
+async def preview_key_exists(store: JobStore, job_id: str) -> bool:
+    """Whether the preview's bytes are still held (Redis: its key; in memory: by the store)."""
+    if isinstance(store, InMemoryJobStore):
+        return job_id in store._previews
+    from app.cluster.redis_jobs import preview_key
+
+    return bool(await store._redis.exists(preview_key(job_id)))  # type: ignore[attr-defined]
+
+
+async def test_the_latest_preview_lives_beside_the_record_and_is_forgotten_with_it(
+    new_store: NewStore,
+) -> None:
+    clock = Clock()
+    store, other = new_store(clock), new_store(clock)
+    record, _ = await store.create(make_record(clock))
+    assert await other.preview(record.job_id) is None
+    updated = await store.save_preview(record.job_id, 3, b"jpeg-3")
+    assert (updated.preview_step, updated.version) == (3, 1)  # one change, seen by watchers
+    await other.save_preview(record.job_id, 6, b"jpeg-6")  # replaces the one before
+    assert await store.preview(record.job_id) == (6, b"jpeg-6")
+    assert (await store.get(record.job_id)).preview_step == 6
+    await store.finish(record.job_id, status="canceled")
+    assert await other.preview(record.job_id) == (6, b"jpeg-6")  # kept after the end
+    assert await result_bytes(store) == 0  # counts toward no cap
+    clock.now += 901
+    with pytest.raises(JobExpiredError):
+        await other.preview(record.job_id)
+    assert not await preview_key_exists(store, record.job_id)
+    deleted, _ = await store.create(make_record(clock))
+    await store.save_preview(deleted.job_id, 1, b"jpeg-1")
+    await other.delete(deleted.job_id)
+    with pytest.raises(JobNotFoundError):
+        await store.preview(deleted.job_id)
+    assert not await preview_key_exists(store, deleted.job_id)
+    with pytest.raises(JobNotFoundError):
+        await store.save_preview("nope", 1, b"jpeg-1")

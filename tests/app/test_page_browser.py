@@ -272,6 +272,32 @@ def test_full_try_on_through_the_page(demo_page: DemoPage, viewport: tuple[int, 
     wait_until(browser, lambda d: "From cache\nyes" in d.find_element(By.ID, "details").text)
 
 
+PREVIEW = 'img[alt="Try-on preview"]'
+
+
+@pytest.mark.parametrize("viewport", [(390, 844), DESKTOP], ids=["phone", "desktop"])
+def test_the_preview_fills_the_result_area_until_the_result_replaces_it(
+    demo_page: DemoPage, viewport: tuple[int, int]
+) -> None:
+    label = "phone" if viewport != DESKTOP else "desktop"
+    browser = demo_page.open(viewport)
+    demo_page.choose("person", "12" if label == "phone" else "13")  # previews at 5, 10 and last
+    with demo_page.hold_unet(hold_at=7) as gate:  # held in step 7: the step-5 preview exists
+        by_accessible_name(browser, "Try on").click()
+        wait_running_with_progress(browser, gate)
+        wait_until(browser, lambda d: image_loaded(d, PREVIEW))
+        caption = browser.find_element(By.ID, "preview-caption").text
+        assert "step 5" in caption, caption
+        assert not browser.find_element(By.ID, "result-view").is_displayed()
+        assert not browser.find_element(By.ID, "result-empty").is_displayed()
+        browser.execute_script("document.getElementById('result').scrollIntoView()")
+        demo_page.shot(f"preview-{label}")
+    wait_until(browser, lambda d: image_loaded(d, RESULT))
+    assert not browser.find_elements(By.CSS_SELECTOR, f"{PREVIEW}[src]")  # the result replaced it
+    assert not browser.find_element(By.ID, "preview-area").is_displayed()
+    demo_page.shot(f"preview-replaced-{label}")
+
+
 def test_cancel_stops_the_running_job(demo_page: DemoPage) -> None:
     browser = demo_page.open(DESKTOP)
     demo_page.choose("person", "50")

@@ -50,14 +50,36 @@ def test_events_stream_the_replicas_progress_then_end_after_the_final_state(
     two replicas take a job at once) begins at the step it finds; the store may skip versions."""
     job_id = submit(cluster.url, masked_parts(seed="-1", **FAST)).json()["jobId"]
     events = read_events(cluster.url, job_id)
-    assert {name for name, _, _ in events} == {"job"}
+    assert {name for name, _, _ in events} == {"job", "preview"}
+    events = [event for event in events if event[0] == "job"]
     ids = [int(event_id) for _, event_id, _ in events]
     assert ids == sorted(set(ids))
     steps = [body["progress"]["step"] for _, _, body in events]
     assert steps == sorted(steps) and len(set(steps)) >= 3
     assert events[-1][2]["status"] == "succeeded" and steps[-1] == 10
     replay = read_events(cluster.url, job_id, timeout=30)
-    assert [body["status"] for _, _, body in replay] == ["succeeded"]
+    assert [body.get("status") for _, _, body in replay] == ["succeeded", None]  # + its preview
+
+
+def test_previews_travel_from_the_replica_to_every_ingress_replica(cluster: Cluster) -> None:
+    """The replica encodes each preview and streams it to the ingress that drives the job, which
+    stores it in Redis: another ingress replica serves it (ETag, 304, Preview-Step)."""
+    submitted = submit(cluster.url, masked_parts(seed="-1", **FAST))  # every 5: steps 5, 10
+    owner, job_id = submitted.headers[SERVED_BY_HEADER], submitted.json()["jobId"]
+    events = read_events(cluster.url, job_id)
+    steps = [data["step"] for name, _, data in events if name == "preview"]
+    assert steps in ([5, 10], [10])  # a stream opened late begins at the step it finds
+    assert wait_final(cluster.url, job_id)["preview"]["step"] == 10
+    url = f"{cluster.url}{JOBS}/{job_id}/preview"
+    for _ in range(ATTEMPTS):
+        response = httpx.get(url, timeout=10)
+        if response.headers[SERVED_BY_HEADER] != owner:
+            break
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert (response.headers["etag"], response.headers["preview-step"]) == ('"10"', "10")
+    assert response.content.startswith(b"\xff\xd8")  # JPEG
+    again = httpx.get(url, headers={"If-None-Match": '"10"'}, timeout=10)
+    assert again.status_code == 304 and again.content == b""
 
 
 def read_elsewhere(cluster: Cluster, owner: str, job_id: str) -> dict:
@@ -76,9 +98,11 @@ def stream_steps_elsewhere(cluster: Cluster, owner: str, job_id: str, count: int
         with httpx.stream("GET", url, timeout=60) as stream:
             if stream.headers[SERVED_BY_HEADER] == owner:
                 continue
-            documents = []
+            documents, event = [], ""
             for line in stream.iter_lines():
-                if line.startswith("data:"):
+                if line.startswith("event:"):
+                    event = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and event != "preview":
                     documents.append(json.loads(line.removeprefix("data:")))
                     if len(documents) > count:
                         return documents[1:]  # after the current document: one per step
