@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
@@ -30,6 +29,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport, ReplicaView
+from app.cluster.status import ClusterStatus, pair, summed_gpu_memory
 from app.edge.errors import (
     ClientDisconnectedError,
     GPUBusyError,
@@ -43,13 +43,11 @@ from app.edge.errors import (
 from app.edge.request_id import current_request_id
 from app.inference.contract import (
     Door,
-    GpuMemory,
     InferenceListener,
     QueuedWork,
     TryOnJob,
     TryOnOutcome,
     WorkerState,
-    WorkerStatus,
     WorkListener,
 )
 from catvton.errors import InferenceCanceledError
@@ -83,42 +81,6 @@ def outcome_name(error: BaseException) -> str:
     if isinstance(error, GPUOutOfMemoryError):
         return "out_of_memory"
     return "canceled" if isinstance(error, InferenceCanceledError) else "error"
-
-
-@dataclass(frozen=True)
-class ClusterStatus(WorkerStatus):
-    """The single process's status plus the try-on replicas and Redis, as this ingress sees them."""
-
-    replicas: tuple[ReplicaReport, ...]
-    redis: str  # ok, or why Redis cannot be read
-
-    def extensions(self) -> dict[str, Any]:
-        return {
-            "replicas": [
-                {key: replica[key] for key in ("id", "status", "error", "inferences_served")}
-                for replica in self.replicas
-            ],
-            "redis": self.redis,
-        }
-
-
-def _pair(values: list[int] | None) -> tuple[int, int]:
-    assert values is not None and len(values) == 2
-    return values[0], values[1]
-
-
-def summed_gpu_memory(replicas: tuple[ReplicaReport, ...]) -> GpuMemory | None:
-    """The replicas' CUDA memory added up (one name when they share a model of GPU)."""
-    memories = [replica["gpu"] for replica in replicas if replica["gpu"] is not None]
-    if not memories:
-        return None
-    names = sorted({memory["name"] for memory in memories})
-    return GpuMemory(
-        name=", ".join(names) if len(memories) == 1 else f"{len(memories)} x {' / '.join(names)}",
-        allocated=sum(memory["allocated"] for memory in memories),
-        reserved=sum(memory["reserved"] for memory in memories),
-        total=sum(memory["total"] for memory in memories),
-    )
 
 
 class RemoteWorker:
@@ -187,8 +149,8 @@ class RemoteWorker:
             model_loaded=ready is not None,
             device=ready["device"] if ready else None,
             dtype=ready["dtype"] if ready else None,
-            size=_pair(ready["output_size"]) if ready else None,
-            working_size=_pair(ready["size"]) if ready else None,
+            size=pair(ready["output_size"]) if ready else None,
+            working_size=pair(ready["size"]) if ready else None,
             queue_depth=self._queue_depth(),
             receiving=sum(self._receiving.values()),
             queue_capacity=self.queue_capacity,
@@ -228,7 +190,7 @@ class RemoteWorker:
         """The working size every replica loaded (one config for all); only once one is ready."""
         replica = self.ready_replica()
         assert replica is not None and replica["size"] is not None, "no replica is ready"
-        return _pair(replica["size"])
+        return pair(replica["size"])
 
     @property
     def model_identity(self) -> str:

@@ -63,7 +63,7 @@ class InferenceWorker:
         queue_size: int,
         queue_timeout: float,
         max_queued_jobs: int,
-        preview_every: int = 0,
+        preview_every: int,
     ) -> None:
         self.queue_size = queue_size
         self.preview_every = preview_every  # jobs only: the synchronous door never previews
@@ -254,11 +254,8 @@ class InferenceWorker:
 
     def _enqueue(self, job: TryOnJob, door: Door, listener: WorkListener | None) -> QueuedWork:
         loop = asyncio.get_running_loop()
-        ticket = QueuedWork(
-            job, loop, loop.create_future(), loop.create_future(), door=door, listener=listener
-        )
-        if door == "job":
-            ticket.preview_every = self.preview_every
+        ticket = QueuedWork(job, loop, loop.create_future(), loop.create_future(), door, listener)
+        ticket.preview_every = self.preview_every if door == "job" else 0
         with self._condition:
             if door == "sync":
                 self.check_accepting()

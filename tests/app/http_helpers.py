@@ -177,7 +177,8 @@ def post_try_on(
 
 
 def assert_envelope(response: httpx.Response, status: int, code: str, says: str) -> dict:
-    """The error envelope (README, "Errors"): status, stable code, message, request id in body and header."""
+    """The error envelope (README, "Errors"): status, stable code, message, request id in the
+    body and the header."""
     assert response.status_code == status, response.text
     body = response.json()
     assert body["success"] is False

@@ -132,3 +132,25 @@ def counting_unet_calls(worker: InferenceWorker) -> Iterator[UNetCalls]:
         yield calls
     finally:
         calls.remove()
+
+
+class UNetGate:
+    """Holds the real UNet at its `hold_at`-th forward call until released (60 s at most)."""
+
+    def __init__(self, unet: torch.nn.Module, hold_at: int) -> None:
+        self.hold_at, self.calls = hold_at, 0
+        self.reached, self.released = threading.Event(), threading.Event()
+        self.handle = unet.register_forward_pre_hook(self.enter)
+
+    def enter(self, module: torch.nn.Module, args: tuple) -> None:
+        self.calls += 1
+        if self.calls == self.hold_at:
+            self.reached.set()
+            self.released.wait(60)
+
+    def __enter__(self) -> UNetGate:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.released.set()
+        self.handle.remove()

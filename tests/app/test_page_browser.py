@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from browser_helpers import (
     DESKTOP,
     PHONE,
@@ -41,6 +40,7 @@ from http_helpers import (
     try_on_parts,
     wait_until_ready,
 )
+from jobs_helpers import UNetGate
 from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -54,30 +54,6 @@ from catvton.tiny import TINY_SIZE
 
 BROWSER_PATHS = require_browser()  # before any fixture: one skip line for the module, or CI fails
 RESULT = 'img[alt="Try-on result"]'
-
-
-class StepGate:
-    """Holds the real UNet at its `hold_at`-th forward call until released (or 60 s pass)."""
-
-    def __init__(self, unet: torch.nn.Module, hold_at: int) -> None:
-        self.hold_at = hold_at
-        self.calls = 0
-        self.reached = threading.Event()
-        self.released = threading.Event()
-        self.handle = unet.register_forward_pre_hook(self.enter)
-
-    def enter(self, module: torch.nn.Module, args: tuple) -> None:
-        self.calls += 1
-        if self.calls == self.hold_at:
-            self.reached.set()
-            self.released.wait(60)
-
-    def __enter__(self) -> StepGate:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.released.set()
-        self.handle.remove()
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +127,8 @@ class DemoPage:
     def choose(self, person: str, steps: str) -> None:
         choose_photos(self.driver, self.photos[person], self.photos["garment"], steps)
 
-    def hold_unet(self, hold_at: int) -> StepGate:
-        return StepGate(self.worker.device.models.pipeline.unet, hold_at)
+    def hold_unet(self, hold_at: int) -> UNetGate:
+        return UNetGate(self.worker.device.models.pipeline.unet, hold_at)
 
     def shot(self, name: str) -> None:
         screenshot(self.driver, self.screenshots, name)
@@ -189,7 +165,7 @@ def progress_percent(driver: WebDriver) -> int:
     return int(bar.get_attribute("aria-valuenow"))
 
 
-def wait_running_with_progress(driver: WebDriver, gate: StepGate) -> None:
+def wait_running_with_progress(driver: WebDriver, gate: UNetGate) -> None:
     """The job holds inside the UNet and the bar shows the steps done before it."""
     assert gate.reached.wait(60), "the job never reached the UNet"
     wait_until(driver, lambda d: progress_percent(d) > 0)

@@ -15,7 +15,15 @@ import httpx
 import pytest
 import torch
 from http_helpers import assert_envelope, post_try_on, serve, tiny_settings, wait_until_ready
-from jobs_helpers import JOBS, document, masked_parts, read_events, submit, wait_final
+from jobs_helpers import (
+    JOBS,
+    UNetGate,
+    document,
+    masked_parts,
+    read_events,
+    submit,
+    wait_final,
+)
 from PIL import Image
 
 import app.inference.device as device_module
@@ -60,28 +68,6 @@ def server(tiny_weights: Path) -> Iterator[Server]:
     with serve(settings, app=create_app(settings, worker, job_store=store)) as base_url:
         assert wait_until_ready(base_url)["status"] == "ok"
         yield Server(base_url, worker, clock)
-
-
-class UNetGate:
-    """Holds the real UNet at its `hold_at`-th forward call until released (60 s at most)."""
-
-    def __init__(self, unet: torch.nn.Module, hold_at: int) -> None:
-        self.hold_at, self.calls = hold_at, 0
-        self.reached, self.released = threading.Event(), threading.Event()
-        self.handle = unet.register_forward_pre_hook(self.enter)
-
-    def enter(self, module: torch.nn.Module, args: tuple) -> None:
-        self.calls += 1
-        if self.calls == self.hold_at:
-            self.reached.set()
-            self.released.wait(60)
-
-    def __enter__(self) -> UNetGate:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.released.set()
-        self.handle.remove()
 
 
 class Counted:
