@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from app.cache.keys import cache_key, hash_files, request_fingerprint
 from app.cache.results import ResultCache
+from app.edge.clients import client_id
 from app.edge.context import request_context
 from app.edge.errors import InvalidFieldError, describe_validation_errors
 from app.edge.schemas import TryOnOptions, TryOnResponse
@@ -118,6 +119,7 @@ class PreparedTryOn:
     cache_key: str | None  # None: not cacheable (random seed) or the cache is off
     cached: EncodedResult | None  # a cache hit: nothing left to do
     images: TryOnImages | None  # decoded and fitted (None on a cache hit)
+    client: str = ""  # whose lane the work waits in (app/inference/waiting.py)
 
     @property
     def options(self) -> TryOnOptions:
@@ -125,7 +127,7 @@ class PreparedTryOn:
 
     def job(self) -> TryOnJob:
         assert self.images is not None, "a cache hit has no work"
-        return TryOnJob(images=self.images, options=self.options)
+        return TryOnJob(images=self.images, options=self.options, client=self.client)
 
 
 async def prepare_try_on(
@@ -142,16 +144,17 @@ async def prepare_try_on(
     """
     received = await receive_try_on(request, intake, timer)
     context = request_context(request)
+    client = client_id(request)
     context.steps = received.options.num_inference_steps
     key = await received.cache_key(worker.model_identity) if cache is not None else None
     if key and cache is not None:
         result = await cache.get(key)
         context.cached = result is not None
         if result is not None:
-            return PreparedTryOn(received, key, cached=result, images=None)
+            return PreparedTryOn(received, key, cached=result, images=None, client=client)
     # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
     images = await prepare_images(received, worker.size, intake, timer)
-    return PreparedTryOn(received, key, cached=None, images=images)
+    return PreparedTryOn(received, key, cached=None, images=images, client=client)
 
 
 async def encode_outcome(

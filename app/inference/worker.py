@@ -51,9 +51,11 @@ logger = logging.getLogger(__name__)
 class InferenceWorker:
     """Loads the models on its own thread, then serves try-ons there, one at a time.
 
-    A synchronous request is refused when `queue_size` requests (either door) wait ahead of it,
-    and waits at most `queue_timeout` seconds; jobs may queue deeper, up to `max_queued_jobs`
-    jobs, and wait as long as it takes. The values come from `Settings` (`from_settings`).
+    A synchronous request is refused when `queue_size` synchronous requests wait, and waits at
+    most `queue_timeout` seconds; jobs may queue deeper, up to `max_queued_jobs` jobs, and wait
+    as long as it takes: each door counts its own (operations.md, "Tenants"). Waiting work is
+    taken client by client in turn (app/inference/waiting.py). The values come from `Settings`
+    (`from_settings`).
     """
 
     def __init__(
@@ -169,12 +171,13 @@ class InferenceWorker:
             raise ShuttingDownError()
         if (reason := self.device.unavailable()) is not None:
             raise reason
+        # Separate doors: queued jobs never take the synchronous door's places, nor the reverse.
         if door == "job":
-            jobs = self._receiving["job"] + self._line.jobs()
+            jobs = self._receiving["job"] + self._line.waiting("job")
             if jobs >= self.max_queued_jobs:
                 raise GPUBusyError(f"{jobs} jobs are already queued")
             return
-        ahead = self._receiving["sync"] + len(self._line)
+        ahead = self._receiving["sync"] + self._line.waiting("sync")
         if ahead + (self._line.running is not None) > self.queue_size:
             raise GPUBusyError(f"{ahead} requests are already waiting")
 

@@ -8,17 +8,30 @@ bounds for the two doors, per-client shares, bounded streams, hang-ups that stop
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from http_helpers import assert_envelope, serve, tiny_settings, wait_until_ready
+from http_helpers import (
+    assert_envelope,
+    post_try_on,
+    serve,
+    tiny_settings,
+    try_on_parts,
+    wait_for_health,
+    wait_until_ready,
+)
 from jobs_helpers import (
     FAST,
     JOBS,
+    SLOW,
+    counting_unet_calls,
+    jobs_server,
     masked_parts,
     submit,
     wait_final,
+    wait_for_job,
 )
 
 from app.inference.worker import InferenceWorker
@@ -100,3 +113,71 @@ def test_every_answer_says_nosniff(tenants_server: tuple[str, InferenceWorker]) 
     assert [answer.status_code for answer in answers] == [200, 404, 404, 200, 401]
     for answer in answers:
         assert answer.headers["X-Content-Type-Options"] == "nosniff", answer.request.url
+
+
+# -- fair turns ----------------------------------------------------------------------------------
+
+
+def test_a_lone_job_waits_for_at_most_one_job_of_a_client_with_forty(
+    tenants_server: tuple[str, InferenceWorker],
+) -> None:
+    base_url, worker = tenants_server
+    with counting_unet_calls(worker) as calls:
+        alice = []
+        for _ in range(40):
+            response = submit(base_url, masked_parts(seed="-1", **FAST), headers=ALICE)
+            assert response.status_code == 202, response.text
+            alice.append(response.json())
+        bob = submit(base_url, masked_parts(seed="-1", **FAST), headers=BOB)
+        assert bob.status_code == 202, bob.text
+        started_before = len(calls.order)  # Alice's jobs that reached the device so far
+        # Its place is the real one: one of Alice's goes first (the round: Alice, Bob, Alice...).
+        assert bob.json()["queuePosition"] <= 1
+        done = wait_final(base_url, bob.json()["jobId"], headers=BOB)
+        assert done["status"] == "succeeded"
+        with calls.lock:
+            order = list(calls.order)
+        bob_id = done["requestId"]
+        between = order[started_before : order.index(bob_id)]
+        assert len(between) <= 1, f"{len(between)} of Alice's jobs went first"
+
+        # Cancel and delete race the round-robin pick: every one of Alice's jobs ends, none is
+        # lost or run twice.
+        with httpx.Client(base_url=base_url, headers=ALICE, timeout=30) as client:
+            for index, job in enumerate(alice):
+                url = f"{JOBS}/{job['jobId']}"
+                answer = client.delete(url) if index % 2 else client.post(f"{url}/cancel")
+                assert answer.status_code in (200, 202, 204), answer.text
+        for index, job in enumerate(alice):
+            if index % 2 == 0:
+                assert wait_final(base_url, job["jobId"], headers=ALICE)["status"] in (
+                    "succeeded",
+                    "canceled",
+                )
+    assert wait_until_idle(base_url)["queue_depth"] == 0
+
+
+def wait_until_idle(base_url: str) -> dict:
+    return wait_for_health(base_url, lambda body: not body["busy"] and not body["queue_depth"])
+
+
+# -- separate doors ------------------------------------------------------------------------------
+
+
+def test_a_synchronous_try_on_is_accepted_while_jobs_fill_their_bound(tiny_weights: Path) -> None:
+    # No keys: both doors' work is one client's (127.0.0.1), so it waits in one lane, in order.
+    with jobs_server(
+        tiny_weights, queue_size=1, max_queued_jobs=3, max_active_per_client=0, cache_mb=0
+    ) as (base_url, _):
+        blocker = submit(base_url, masked_parts(seed="-1", **SLOW)).json()
+        wait_for_job(base_url, blocker["jobId"], lambda body: body["progress"]["step"] >= 1)
+        queued = [submit(base_url, masked_parts(seed="-1", **FAST)) for _ in range(3)]
+        assert [answer.status_code for answer in queued] == [202, 202, 202]
+        full = submit(base_url, masked_parts(seed="-1", **FAST))
+        assert_envelope(full, 503, "gpu_busy", "3 jobs are already queued")
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            synchronous = pool.submit(post_try_on, base_url, try_on_parts(**FAST))
+            wait_for_health(base_url, lambda body: body["queue_depth"] == 4)
+            httpx.post(f"{base_url}{JOBS}/{blocker['jobId']}/cancel", timeout=30)
+            assert synchronous.result(timeout=300).status_code == 200
