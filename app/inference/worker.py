@@ -207,7 +207,9 @@ class InferenceWorker:
         """Queue `job`, wait for its turn and result.
 
         `disconnected` resolves when the client goes away: a job whose client is already gone is
-        refused, one still waiting is dropped, before it costs device time. Raises the 503s of
+        refused, one still waiting is dropped, before it costs device time, and one running is
+        stopped at its next denoising step (the stop a job's cancel sets), so the next one starts
+        at once; a result finished meanwhile is dropped. Raises the 503s of
         `check_accepting`, GPUBusyError after `queue_timeout` seconds of waiting,
         GPUOutOfMemoryError, ClientDisconnectedError, and whatever the pipeline raised
         (InvalidInputError for a bad input).
@@ -231,6 +233,12 @@ class InferenceWorker:
                     raise ClientDisconnectedError("the client disconnected while queued")
                 raise GPUBusyError(f"waited {self.queue_timeout:g} s in the queue")
             await ticket.started  # re-raises a refusal at shutdown
+            if not ticket.done.done():
+                await asyncio.wait({ticket.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not ticket.done.done():  # the client hung up while its inference ran
+                ticket.stop.set()
+                ticket.done.add_done_callback(drop_outcome)
+                raise ClientDisconnectedError("the client disconnected while its try-on ran")
             return await ticket.done
         finally:
             watcher.cancel()
@@ -301,3 +309,10 @@ class InferenceWorker:
             ticket.context.run(self.device.serve, ticket)
             with self._condition:
                 self._line.running = None
+
+
+def drop_outcome(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome nobody waits for any more (its client hung up), so asyncio does not
+    log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
