@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from app.access.limits import take_active_slot
 from app.edge.clients import client_id
 from app.edge.context import request_context
-from app.edge.dependencies import CacheDep, IntakeDep, JobsDep, WorkerDep
+from app.edge.dependencies import CacheDep, IntakeDep, JobsDep, StreamsDep, WorkerDep
 from app.edge.errors import (
     IdempotencyKeyReusedError,
     InvalidFieldError,
@@ -172,12 +172,19 @@ async def get_job(record: OwnedJob) -> Response:
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404, 410, 422)},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **error_responses(401, 404, 410, 422, 429),
+    },
     summary="Server-sent events: the document, then one `job` event per change",
 )
-async def job_events(record: OwnedJob, request: Request, jobs: JobsDep) -> EventSourceResponse:
-    # `OwnedJob` answered 404 / 410 as a plain answer, before the stream starts
-    return event_stream(jobs.store, record.job_id, request_context(request).request_id)
+async def job_events(
+    record: OwnedJob, request: Request, jobs: JobsDep, streams: StreamsDep
+) -> EventSourceResponse:
+    # `OwnedJob` answered 404 / 410 as a plain answer, before the stream starts; past the
+    # client's streams, 429 too_many_streams.
+    release = streams.take(client_id(request))
+    return event_stream(jobs.store, record.job_id, request_context(request).request_id, release)
 
 
 async def finished_result(store: JobStore, record: JobRecord) -> tuple[JobRecord, EncodedResult]:

@@ -7,14 +7,22 @@ bounds for the two doors, per-client shares, bounded streams, hang-ups that stop
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import torch
 from http_helpers import (
     assert_envelope,
+    multipart,
     post_try_on,
     serve,
     tiny_settings,
@@ -34,12 +42,14 @@ from jobs_helpers import (
     wait_for_job,
 )
 
+from app.edge.request_id import current_request_id
 from app.inference.worker import InferenceWorker
 
 ALICE_KEY = "alice-0123456789abcdef"
 BOB_KEY = "bob-0123456789abcdefgh"
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 BOB = {"Authorization": f"Bearer {BOB_KEY}"}
+MAX_STREAMS = 8  # --max-streams-per-client's default
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +132,13 @@ def test_a_lone_job_waits_for_at_most_one_job_of_a_client_with_forty(
     tenants_server: tuple[str, InferenceWorker],
 ) -> None:
     base_url, worker = tenants_server
+    assert worker.device.models is not None
+    gate = threading.Event()  # the device waits at its first UNet call until the test opens it
+
+    def wait_for_gate(module: torch.nn.Module, args: tuple) -> None:
+        gate.wait(60)  # returns None: the arguments pass unchanged
+
+    gated = worker.device.models.pipeline.unet.register_forward_pre_hook(wait_for_gate)
     with counting_unet_calls(worker) as calls:
         alice = []
         for _ in range(40):
@@ -130,15 +147,17 @@ def test_a_lone_job_waits_for_at_most_one_job_of_a_client_with_forty(
             alice.append(response.json())
         bob = submit(base_url, masked_parts(seed="-1", **FAST), headers=BOB)
         assert bob.status_code == 202, bob.text
-        started_before = len(calls.order)  # Alice's jobs that reached the device so far
-        # Its place is the real one: one of Alice's goes first (the round: Alice, Bob, Alice...).
-        assert bob.json()["queuePosition"] <= 1
+        # Alice's first job holds the device; Bob's place is the real one: one of Alice's goes
+        # first (the round: Alice, Bob, Alice, ...), not 39.
+        assert bob.json()["queuePosition"] == 1
+        gated.remove()
+        gate.set()
         done = wait_final(base_url, bob.json()["jobId"], headers=BOB)
         assert done["status"] == "succeeded"
         with calls.lock:
             order = list(calls.order)
-        bob_id = done["requestId"]
-        between = order[started_before : order.index(bob_id)]
+        assert order[0] == alice[0]["requestId"]  # the one running when Bob came
+        between = order[1 : order.index(done["requestId"])]
         assert len(between) <= 1, f"{len(between)} of Alice's jobs went first"
 
         # Cancel and delete race the round-robin pick: every one of Alice's jobs ends, none is
@@ -181,3 +200,110 @@ def test_a_synchronous_try_on_is_accepted_while_jobs_fill_their_bound(tiny_weigh
             wait_for_health(base_url, lambda body: body["queue_depth"] == 4)
             httpx.post(f"{base_url}{JOBS}/{blocker['jobId']}/cancel", timeout=30)
             assert synchronous.result(timeout=300).status_code == 200
+
+
+# -- a hang-up stops the work --------------------------------------------------------------------
+
+
+class TimedUNetCalls:
+    """The time of each UNet forward, per request id (the device runs work in its context)."""
+
+    def __init__(self, worker: InferenceWorker) -> None:
+        assert worker.device.models is not None
+        self.calls: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        self.handle = worker.device.models.pipeline.unet.register_forward_pre_hook(self.count)
+
+    def count(self, module: torch.nn.Module, args: tuple) -> None:
+        with self.lock:
+            self.calls.append((time.perf_counter(), current_request_id() or "-"))
+
+    def of(self, request_id: str) -> list[float]:
+        with self.lock:
+            return [at for at, called_by in self.calls if called_by == request_id]
+
+
+def send_try_on(base_url: str, parts: list, request_id: str) -> socket.socket:
+    """A complete synchronous try-on on a raw socket, left unread: the test hangs up."""
+    body, content_type = multipart(parts)
+    url = urlsplit(base_url)
+    connection = socket.create_connection((url.hostname, url.port))
+    head = (
+        f"POST /api/try-on HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n"
+        f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    connection.sendall(head.encode() + body)
+    return connection
+
+
+def test_a_hang_up_mid_inference_stops_it_and_the_next_one_starts_at_once(
+    tiny_weights: Path,
+) -> None:
+    with jobs_server(tiny_weights, cache_mb=0) as (base_url, worker):
+        unet = TimedUNetCalls(worker)
+        try:
+            quitter = send_try_on(base_url, try_on_parts(**SLOW), "quitter")
+            deadline = time.monotonic() + 120
+            while len(unet.of("quitter")) < 4:
+                assert time.monotonic() < deadline, "the try-on never started"
+                time.sleep(0.005)
+            queued = submit(base_url, masked_parts(seed="-1", **FAST)).json()
+            wait_for_health(base_url, lambda body: body["queue_depth"] == 1)
+            quitter.close()
+            hung_up_at = time.perf_counter()
+            done = wait_final(base_url, queued["jobId"])
+            assert done["status"] == "succeeded"
+            steps = unet.of("quitter")
+            step_s = (steps[3] - steps[0]) / 3
+            next_step_at = unet.of(done["requestId"])[0]
+            # It stopped at its next step (one more may have begun as the hang-up arrived) ...
+            assert len([at for at in steps if at > hung_up_at]) <= 1, len(steps)
+            assert len(steps) < 100
+            # ... and the next job's first step came within two step times of it (plus the job's
+            # own VAE encoding before its first step, measured on the same machine as a step).
+            assert next_step_at - hung_up_at < 2 * step_s + 0.5, (next_step_at - hung_up_at, step_s)
+        finally:
+            unet.handle.remove()
+        assert wait_until_idle(base_url)["inferences_served"] >= 1
+
+
+# -- streams -------------------------------------------------------------------------------------
+
+
+def test_streams_are_capped_per_client_and_coalesce_progress(
+    tenants_server: tuple[str, InferenceWorker],
+) -> None:
+    base_url, _ = tenants_server
+    job = submit(base_url, masked_parts(seed="-1", **SLOW), headers=ALICE).json()
+    events_url = f"{base_url}{JOBS}/{job['jobId']}/events"
+    with contextlib.ExitStack() as streams, httpx.Client(timeout=60) as client:
+        opened = [
+            streams.enter_context(client.stream("GET", events_url, headers=ALICE))
+            for _ in range(MAX_STREAMS)
+        ]
+        assert all(stream.status_code == 200 for stream in opened)
+        refused = client.get(events_url, headers=ALICE)
+        assert_envelope(refused, 429, "too_many_streams", "at most 8")
+        assert int(refused.headers["Retry-After"]) > 0
+        # Another client's streams are its own: Bob is refused only for not owning the job.
+        assert client.get(events_url, headers=BOB).status_code == 404
+
+        # Reading one stream to its end: progress at most 10 events a second, the final state.
+        started = time.monotonic()
+        events = read_stream(opened[0])
+        elapsed = time.monotonic() - started
+        assert events[-1]["status"] == "succeeded"
+        assert len(events) <= 10 * elapsed + 3, (len(events), elapsed)
+
+    # Every stream closed: Alice's slots are free again.
+    with httpx.stream("GET", events_url, headers=ALICE, timeout=30) as again:
+        assert again.status_code == 200
+
+
+def read_stream(response: httpx.Response) -> list[dict]:
+    """The `job` events' documents of an open event stream, until it ends."""
+    return [
+        json.loads(line.removeprefix("data:").strip())
+        for line in response.iter_lines()
+        if line.startswith("data:")
+    ]
