@@ -8,6 +8,7 @@ then hands stages 3 and 4 to the job runner and answers 202 at once.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -116,8 +117,15 @@ async def submit_job(
     key = read_idempotency_key(request)
     client = client_id(request)
     if key is not None and (existing := await jobs.store.claimed(client, key)) is not None:
-        received = await receive_try_on(request, intake, timer)  # the body decides: replay?
-        return replay(existing, await received.fingerprint())
+        # A replay reads a body too, so it is bounded as a submit is, before its first byte: by
+        # the client's active slot (the limits middleware holds it), else by a job admission
+        # place. Its form is hashed once and dropped; only the stored fingerprint is compared.
+        bound = nullcontext() if request_context(request).active_slot else worker.admission("job")
+        with bound:
+            received = await receive_try_on(request, intake, timer)  # the body decides: replay?
+            fingerprint = await received.fingerprint()
+            del received
+        return replay(existing, fingerprint)
 
     # `submit` times the whole intake, up to the queued job (scripts/benchmark_jobs.py).
     with timer("submit"), worker.admission("job"):  # 503 before any byte: loading, full, ...

@@ -22,6 +22,7 @@ import pytest
 import torch
 from http_helpers import (
     assert_envelope,
+    image_bytes,
     multipart,
     post_try_on,
     serve,
@@ -307,3 +308,43 @@ def read_stream(response: httpx.Response) -> list[dict]:
         for line in response.iter_lines()
         if line.startswith("data:")
     ]
+
+
+# -- nothing reads a body unbounded ------------------------------------------------------------
+
+
+def test_idempotent_replays_are_admitted_before_their_body_is_read(tiny_weights: Path) -> None:
+    """40 replays of one key held open mid-body: all but the job door's places are refused at
+    once, before their bodies are read (no per-client share here: the admission bounds them)."""
+    with jobs_server(tiny_weights, max_queued_jobs=4, max_active_per_client=0) as (base_url, _):
+        headers = {"Idempotency-Key": "replayed-key"}
+        first = submit(base_url, masked_parts(**FAST), headers=headers)
+        assert first.status_code == 202, first.text
+        wait_final(base_url, first.json()["jobId"])
+
+        url = urlsplit(base_url)
+        head = (
+            f"POST {JOBS} HTTP/1.1\r\nHost: {url.netloc}\r\nIdempotency-Key: replayed-key\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 15000000\r\n\r\n"
+            '--x\r\nContent-Disposition: form-data; name="person_image"; filename="p.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode() + image_bytes()
+        connections = [socket.create_connection((url.hostname, url.port)) for _ in range(40)]
+        try:
+            for connection in connections:
+                connection.sendall(head + b"\0" * 65536)  # a large photo, still arriving
+            answers = [read_head(connection) for connection in connections]
+        finally:
+            for connection in connections:
+                connection.close()
+    refused = [answer for answer in answers if answer.startswith(b"HTTP/1.1 503")]
+    assert len(refused) >= 36, answers
+
+
+def read_head(connection: socket.socket, wait_s: float = 1.0) -> bytes:
+    """The status line the server sent within `wait_s` (b"" when it is still reading)."""
+    connection.settimeout(wait_s)
+    try:
+        return connection.recv(65536).split(b"\r\n", 1)[0]
+    except TimeoutError:
+        return b""
