@@ -136,12 +136,6 @@ class Settings(BaseSettings):
         description="queued + running try-ons and jobs per client (429 beyond); "
         "unset: a quarter of --max-queued-jobs (at least 1); 0: off",
     )
-    max_jobs_per_client: int = Field(
-        100,
-        ge=1,
-        description="finished job records kept per client; beyond it the client's own oldest "
-        "finished jobs are evicted first",
-    )
     max_streams_per_client: int = Field(
         8, ge=1, description="open job event streams per client (429 too_many_streams beyond)"
     )
