@@ -27,6 +27,7 @@ from app.edge.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.inference.contract import Worker
 from app.inference.worker import InferenceWorker
 from app.jobs import routes as jobs_routes
+from app.jobs.events import StreamSlots
 from app.jobs.runner import JobRunner
 from app.jobs.store import InMemoryJobStore, JobStore
 from app.media.intake import Intake
@@ -97,6 +98,7 @@ def create_app(
     app.state.cache = cache
     app.state.jobs = job_runner(job_store, worker, cache)
     app.state.intake = Intake(settings)  # one decode memory budget for every request
+    app.state.streams = StreamSlots(settings.max_streams_per_client)
     app.state.metrics = metrics
     # Middleware, outermost first: request id -> observer (metrics, usage log) -> CORS -> access
     # -> limits -> routes. Each add_middleware wraps the ones before, so they are added innermost

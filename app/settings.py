@@ -6,11 +6,12 @@ there is one list of options, one set of defaults and one place that validates t
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.access.limits import parse_rate_limit
@@ -136,8 +137,14 @@ class Settings(BaseSettings):
         None,
         description="try-ons per client in the limits notation, e.g. 30/minute;500/day; unset: off",
     )
-    max_active_per_client: int | None = Field(
-        None, ge=1, description="queued + running try-ons and jobs per client; unset: off"
+    max_active_per_client: int = Field(
+        None,  # type: ignore[assignment]  # derived from max_queued_jobs (`derive_shares`)
+        ge=0,
+        description="queued + running try-ons and jobs per client (429 beyond); "
+        "unset: a quarter of --max-queued-jobs (at least 1); 0: off",
+    )
+    max_streams_per_client: int = Field(
+        8, ge=1, description="open job event streams per client (429 too_many_streams beyond)"
     )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
@@ -167,6 +174,18 @@ class Settings(BaseSettings):
         description="Redis for what replicas share (job records, idempotency keys, result cache, "
         "rate limits), e.g. redis://127.0.0.1:6380/0; unset: in this process's memory",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def derive_shares(cls, data: Any) -> Any:
+        """`--max-active-per-client` unset: a quarter of `--max-queued-jobs` (8 of the default
+        32), so one client never holds more than a quarter of the jobs' places by default."""
+        if isinstance(data, dict) and data.get("max_active_per_client") is None:
+            queued = data.get("max_queued_jobs", cls.model_fields["max_queued_jobs"].default)
+            # An invalid max_queued_jobs is left to its own error, which names it.
+            with contextlib.suppress(TypeError, ValueError):
+                data = {**data, "max_active_per_client": max(1, int(queued) // 4)}
+        return data
 
     @field_validator("cors_origins", mode="before")
     @classmethod

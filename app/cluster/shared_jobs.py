@@ -32,7 +32,7 @@ from app.edge.errors import (
     ShuttingDownError,
     WorkerStoppedError,
 )
-from app.jobs.records import JobRecord
+from app.jobs.records import JobRecord, short_id
 from app.jobs.runner import JobRunner, ignore_outcome
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class SharedJobRunner(JobRunner):
     def _cancel_here(self, job_id: str) -> None:
         work = self._work.get(job_id)
         if work is not None:
-            logger.info("job %s canceled through another ingress replica", job_id)
+            logger.info("job %s canceled through another ingress replica", short_id(job_id))
             self.worker.cancel(work)
 
     # -- leases: jobs of a dead ingress replica end instead of running forever --------------------
@@ -198,4 +198,4 @@ class SharedJobRunner(JobRunner):
             await self._failed(job_id, stopped, queue_position=None)
         except (JobNotFoundError, JobExpiredError):
             return
-        logger.warning("job %s failed: the ingress replica driving it stopped", job_id)
+        logger.warning("job %s failed: the ingress replica driving it stopped", short_id(job_id))

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from app.cache.results import ResultCache
 from app.inference.contract import Worker
+from app.jobs.events import StreamSlots
 from app.jobs.runner import JobRunner
 from app.media.intake import Intake
 from app.settings import Settings
@@ -36,8 +37,14 @@ async def get_intake(request: Request) -> Intake:
     return request.app.state.intake
 
 
+async def get_streams(request: Request) -> StreamSlots:
+    """Open job event streams per client (--max-streams-per-client)."""
+    return request.app.state.streams
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 CacheDep = Annotated[ResultCache | None, Depends(get_cache)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
+StreamsDep = Annotated[StreamSlots, Depends(get_streams)]

@@ -141,6 +141,20 @@ class TooManyActiveRequestsError(ServiceError):
     retry_after_s = 5
 
 
+class TooManyStreamsError(ServiceError):
+    """Past `--max-streams-per-client`: the client must close one of its event streams first."""
+
+    status_code = 429
+    code = "too_many_streams"
+    retry_after_s = 5
+
+    def __init__(self, max_streams: int) -> None:
+        super().__init__(
+            f"This client already has {max_streams} job event streams open (at most "
+            f"{max_streams}); close one, or poll the job document instead."
+        )
+
+
 class ClientDisconnectedError(ServiceError):
     """The client went away while its request waited; nobody reads this response (499, as nginx)."""
 
@@ -246,7 +260,7 @@ ERROR_DESCRIPTIONS = {
     410: "jobs: job_expired, the job and its result were forgotten (answered for 24 h)",
     413: "an upload over the byte cap or the pixel cap",
     415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
-    429: "over the rate limit or the per-client active requests (Retry-After)",
+    429: "over the rate limit, the per-client active requests or event streams (Retry-After)",
     422: "a missing field, a malformed form or a value out of range",
     500: "an unexpected error (details in the server log)",
     503: "models loading or failed to load, GPU busy (Retry-After), GPU out of memory",

@@ -16,6 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.edge.context import CONTEXT_KEY, RequestContext
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# Every response (README, "Tenants"): a browser never guesses a type from the bytes, so a
+# stored result or an error body is never run as a script or page.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # A client-chosen id goes into logs and headers: accept only short, plain tokens, the WHOLE id
 # (fullmatch: with `re.match` and `$`, "abc\n" would pass, `$` matching before a final newline).
@@ -37,7 +40,9 @@ def accepted_request_id(incoming: str) -> str:
 
 
 class RequestIdMiddleware:
-    """Plain ASGI middleware (no BaseHTTPMiddleware, which would buffer and re-wrap the request)."""
+    """Plain ASGI middleware (no BaseHTTPMiddleware, which would buffer and re-wrap the request).
+
+    The outermost layer: it also stamps `X-Content-Type-Options: nosniff` on every response."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -58,6 +63,8 @@ class RequestIdMiddleware:
                 headers = list(message.get("headers", []))
                 if not any(name.lower() == b"x-request-id" for name, _ in headers):
                     headers.append((b"x-request-id", request_id.encode()))
+                if not any(name.lower() == NOSNIFF[0] for name, _ in headers):
+                    headers.append(NOSNIFF)
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -33,10 +33,15 @@ Door = Literal["sync", "job"]
 
 @dataclass
 class TryOnJob:
-    """Images fitted to the working size (`mask_image` None: automatic mask) and the options."""
+    """Images fitted to the working size (`mask_image` None: automatic mask) and the options.
+
+    `client` (app/edge/clients.py `client_id`) names the lane the work waits in: the waiting line
+    takes clients in turn (app/inference/waiting.py).
+    """
 
     images: TryOnImages
     options: TryOnOptions
+    client: str = ""
 
 
 @dataclass
@@ -70,9 +75,11 @@ class WorkListener(Protocol):
 
 @dataclass
 class QueuedWork:
-    """One inference in the FIFO, its way back to the event loop and the request's logging context.
+    """One inference in the waiting line, its way back to the event loop and the request's logging
+    context.
 
-    `position` and `eta_s` are as of the moment it was queued; a job's listener hears later ones.
+    `position` and `eta_s` are its place in the real order (round robin over clients, kept up to
+    date by the line); a job's listener hears each change.
     """
 
     job: TryOnJob
@@ -88,6 +95,10 @@ class QueuedWork:
     preview_every: int = 0  # a preview every N denoising steps (the job door only); 0: none
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     enqueued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def client(self) -> str:
+        return self.job.client
 
     @property
     def guided(self) -> bool:

@@ -9,10 +9,12 @@ only in how they answer.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +22,7 @@ from starlette.requests import Request
 
 from app.cache.keys import cache_key, hash_files, request_fingerprint
 from app.cache.results import ResultCache
+from app.edge.clients import client_id
 from app.edge.context import request_context
 from app.edge.errors import InvalidFieldError, describe_validation_errors
 from app.edge.schemas import TryOnOptions, TryOnResponse
@@ -118,6 +121,13 @@ class PreparedTryOn:
     cache_key: str | None  # None: not cacheable (random seed) or the cache is off
     cached: EncodedResult | None  # a cache hit: nothing left to do
     images: TryOnImages | None  # decoded and fitted (None on a cache hit)
+    client: str = ""  # whose lane the work waits in (app/inference/waiting.py)
+    # Resolves when the client hangs up; watched from the moment the body was in (`watch`).
+    hung_up: asyncio.Future[Any] | None = None
+
+    def stop_watching(self) -> None:
+        if self.hung_up is not None:
+            self.hung_up.cancel()
 
     @property
     def options(self) -> TryOnOptions:
@@ -125,7 +135,7 @@ class PreparedTryOn:
 
     def job(self) -> TryOnJob:
         assert self.images is not None, "a cache hit has no work"
-        return TryOnJob(images=self.images, options=self.options)
+        return TryOnJob(images=self.images, options=self.options, client=self.client)
 
 
 async def prepare_try_on(
@@ -134,24 +144,39 @@ async def prepare_try_on(
     intake: Intake,
     cache: ResultCache | None,
     timer: StageTimer,
+    *,
+    watch: Callable[[], Awaitable[Any]] | None = None,
 ) -> PreparedTryOn:
     """Receive the request, consult the cache, and on a miss decode and fit its images.
 
     Call it inside the worker's admission (503s before a byte). Records the usage (steps, cache
     hit or miss) on the request's context. Raises 408/413/415/422 naming the field.
+
+    `watch` (the synchronous door: wait for the client's hang-up) starts as soon as the body is
+    in and runs while the uploads decode, so a client that hangs up meanwhile is known before
+    its work is queued (`PreparedTryOn.hung_up`); the caller stops it (`stop_watching`).
     """
     received = await receive_try_on(request, intake, timer)
     context = request_context(request)
+    client = client_id(request)
     context.steps = received.options.num_inference_steps
-    key = await received.cache_key(worker.model_identity) if cache is not None else None
-    if key and cache is not None:
-        result = await cache.get(key)
-        context.cached = result is not None
-        if result is not None:
-            return PreparedTryOn(received, key, cached=result, images=None)
-    # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
-    images = await prepare_images(received, worker.size, intake, timer)
-    return PreparedTryOn(received, key, cached=None, images=images)
+    hung_up = asyncio.ensure_future(watch()) if watch is not None else None
+    try:
+        key = await received.cache_key(worker.model_identity) if cache is not None else None
+        if key and cache is not None:
+            result = await cache.get(key)
+            context.cached = result is not None
+            if result is not None:
+                return PreparedTryOn(
+                    received, key, cached=result, images=None, client=client, hung_up=hung_up
+                )
+        # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
+        images = await prepare_images(received, worker.size, intake, timer)
+    except BaseException:
+        if hung_up is not None:
+            hung_up.cancel()
+        raise
+    return PreparedTryOn(received, key, None, images, client=client, hung_up=hung_up)
 
 
 async def encode_outcome(

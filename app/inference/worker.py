@@ -51,9 +51,11 @@ logger = logging.getLogger(__name__)
 class InferenceWorker:
     """Loads the models on its own thread, then serves try-ons there, one at a time.
 
-    A synchronous request is refused when `queue_size` requests (either door) wait ahead of it,
-    and waits at most `queue_timeout` seconds; jobs may queue deeper, up to `max_queued_jobs`
-    jobs, and wait as long as it takes. The values come from `Settings` (`from_settings`).
+    A synchronous request is refused when `queue_size` synchronous requests wait, and waits at
+    most `queue_timeout` seconds; jobs may queue deeper, up to `max_queued_jobs` jobs, and wait
+    as long as it takes: each door counts its own (README, "Tenants"). Waiting work is
+    taken client by client in turn (app/inference/waiting.py). The values come from `Settings`
+    (`from_settings`).
     """
 
     def __init__(
@@ -172,12 +174,13 @@ class InferenceWorker:
             raise ShuttingDownError()
         if (reason := self.device.unavailable()) is not None:
             raise reason
+        # Separate doors: queued jobs never take the synchronous door's places, nor the reverse.
         if door == "job":
-            jobs = self._receiving["job"] + self._line.jobs()
+            jobs = self._receiving["job"] + self._line.waiting("job")
             if jobs >= self.max_queued_jobs:
                 raise GPUBusyError(f"{jobs} jobs are already queued")
             return
-        ahead = self._receiving["sync"] + len(self._line)
+        ahead = self._receiving["sync"] + self._line.waiting("sync")
         if ahead + (self._line.running is not None) > self.queue_size:
             raise GPUBusyError(f"{ahead} requests are already waiting")
 
@@ -207,7 +210,9 @@ class InferenceWorker:
         """Queue `job`, wait for its turn and result.
 
         `disconnected` resolves when the client goes away: a job whose client is already gone is
-        refused, one still waiting is dropped, before it costs device time. Raises the 503s of
+        refused, one still waiting is dropped, before it costs device time, and one running is
+        stopped at its next denoising step (the stop a job's cancel sets), so the next one starts
+        at once; a result finished meanwhile is dropped. Raises the 503s of
         `check_accepting`, GPUBusyError after `queue_timeout` seconds of waiting,
         GPUOutOfMemoryError, ClientDisconnectedError, and whatever the pipeline raised
         (InvalidInputError for a bad input).
@@ -231,6 +236,12 @@ class InferenceWorker:
                     raise ClientDisconnectedError("the client disconnected while queued")
                 raise GPUBusyError(f"waited {self.queue_timeout:g} s in the queue")
             await ticket.started  # re-raises a refusal at shutdown
+            if not ticket.done.done():
+                await asyncio.wait({ticket.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not ticket.done.done():  # the client hung up while its inference ran
+                ticket.stop.set()
+                ticket.done.add_done_callback(drop_outcome)
+                raise ClientDisconnectedError("the client disconnected while its try-on ran")
             return await ticket.done
         finally:
             watcher.cancel()
@@ -300,3 +311,10 @@ class InferenceWorker:
             ticket.context.run(self.device.serve, ticket)
             with self._condition:
                 self._line.running = None
+
+
+def drop_outcome(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome nobody waits for any more (its client hung up), so asyncio does not
+    log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()

@@ -28,6 +28,15 @@ def new_job_id() -> str:
     return secrets.token_urlsafe(JOB_ID_BYTES)
 
 
+LOGGED_ID_CHARS = 8
+
+
+def short_id(job_id: str) -> str:
+    """What a log line may print of a job id: with keys off the id is the capability to read
+    and cancel the job, so a log reader must not be able to use it (README, "Tenants")."""
+    return job_id[:LOGGED_ID_CHARS]
+
+
 class JobError(BaseModel):
     """Why a job failed or was canceled: the envelope's code and message, and the status the
     synchronous route would have answered (the result route answers with it)."""

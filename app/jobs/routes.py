@@ -9,6 +9,7 @@ then hands stages 3 and 4 to the job runner and answers 202 at once.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -18,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from app.access.limits import take_active_slot
 from app.edge.clients import client_id
 from app.edge.context import request_context
-from app.edge.dependencies import CacheDep, IntakeDep, JobsDep, WorkerDep
+from app.edge.dependencies import CacheDep, IntakeDep, JobsDep, StreamsDep, WorkerDep
 from app.edge.errors import (
     IdempotencyKeyReusedError,
     InvalidFieldError,
@@ -32,7 +33,7 @@ from app.edge.errors import (
 from app.inference.flow import StageTimer, prepare_try_on, receive_try_on, success_body
 from app.jobs.documents import JOBS_PATH, JobDocument, render_json
 from app.jobs.events import event_stream
-from app.jobs.records import JOB_ID_PATTERN, JobRecord
+from app.jobs.records import JOB_ID_PATTERN, JobRecord, short_id
 from app.jobs.store import JobStore
 from app.media.encoding import EncodedResult
 from app.routes.try_on import TRY_ON_REQUEST_BODY
@@ -55,6 +56,24 @@ async def valid_job_id(
 
 
 JobId = Annotated[str, Depends(valid_job_id)]
+
+
+async def owned_job(job_id: JobId, request: Request, jobs: JobsDep) -> JobRecord:
+    """The job's record, for its owner only: every route of a job reads it through here.
+
+    With keys on, a job belongs to the key's name that made it; any other client gets 404
+    `job_not_found`, as for an id that never existed. With keys off there are no names to compare
+    (two clients behind one proxy share an IP): the id, 128 random bits, is the capability.
+    Raises 404/410 as the store does.
+    """
+    record = await jobs.store.get(job_id)
+    caller = request_context(request).client  # the key's name; None when keys are off
+    if caller is not None and record.client != caller:
+        raise JobNotFoundError()
+    return record
+
+
+OwnedJob = Annotated[JobRecord, Depends(owned_job)]
 
 
 def read_idempotency_key(request: Request) -> str | None:
@@ -100,8 +119,15 @@ async def submit_job(
     key = read_idempotency_key(request)
     client = client_id(request)
     if key is not None and (existing := await jobs.store.claimed(client, key)) is not None:
-        received = await receive_try_on(request, intake, timer)  # the body decides: replay?
-        return replay(existing, await received.fingerprint())
+        # A replay reads a body too, so it is bounded as a submit is, before its first byte: by
+        # the client's active slot (the limits middleware holds it), else by a job admission
+        # place. Its form is hashed once and dropped; only the stored fingerprint is compared.
+        bound = nullcontext() if request_context(request).active_slot else worker.admission("job")
+        with bound:
+            received = await receive_try_on(request, intake, timer)  # the body decides: replay?
+            fingerprint = await received.fingerprint()
+            del received
+        return replay(existing, fingerprint)
 
     # `submit` times the whole intake, up to the queued job (scripts/benchmark_jobs.py).
     with timer("submit"), worker.admission("job"):  # 503 before any byte: loading, full, ...
@@ -130,7 +156,7 @@ async def submit_job(
             )
     if not created:  # the same key sent twice at once: one job
         return replay(stored, record.fingerprint)
-    logger.info("job %s submitted (%s)", stored.job_id, stored.status)
+    logger.info("job %s submitted (%s)", short_id(stored.job_id), stored.status)
     location = f"{JOBS_PATH}/{stored.job_id}"
     return document_response(stored, 202, {"Location": location, "Retry-After": "1"})
 
@@ -149,26 +175,32 @@ def replay(existing: JobRecord, fingerprint: str | None) -> Response:
     responses=error_responses(401, 404, 410, 422),
     summary="The job document (poll every second; Retry-After while not final)",
 )
-async def get_job(job_id: JobId, jobs: JobsDep) -> Response:
-    return document_response(await jobs.store.get(job_id), 200)
+async def get_job(record: OwnedJob) -> Response:
+    return document_response(record, 200)
 
 
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404, 410, 422)},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **error_responses(401, 404, 410, 422, 429),
+    },
     summary="Server-sent events: the document, then one `job` event per change",
 )
-async def job_events(job_id: JobId, request: Request, jobs: JobsDep) -> EventSourceResponse:
-    await jobs.store.get(job_id)  # 404 / 410 as a plain answer, before the stream starts
-    return event_stream(jobs.store, job_id, request_context(request).request_id)
+async def job_events(
+    record: OwnedJob, request: Request, jobs: JobsDep, streams: StreamsDep
+) -> EventSourceResponse:
+    # `OwnedJob` answered 404 / 410 as a plain answer, before the stream starts; past the
+    # client's streams, 429 too_many_streams.
+    release = streams.take(client_id(request))
+    return event_stream(jobs.store, record.job_id, request_context(request).request_id, release)
 
 
-async def finished_result(store: JobStore, job_id: str) -> tuple[JobRecord, EncodedResult]:
+async def finished_result(store: JobStore, record: JobRecord) -> tuple[JobRecord, EncodedResult]:
     """A succeeded job's record and result; else the job's own error, 409 or 404/410."""
-    record = await store.get(job_id)
     if record.status == "succeeded":
-        result = await store.result(job_id)
+        result = await store.result(record.job_id)
         if result is not None:
             return record, result
     if record.status == "canceled":
@@ -187,8 +219,8 @@ async def finished_result(store: JobStore, job_id: str) -> tuple[JobRecord, Enco
     },
     summary="The image (or with Accept: application/json, the body POST /api/try-on returns)",
 )
-async def get_result(job_id: JobId, request: Request, jobs: JobsDep) -> Response:
-    record, result = await finished_result(jobs.store, job_id)
+async def get_result(owned: OwnedJob, request: Request, jobs: JobsDep) -> Response:
+    record, result = await finished_result(jobs.store, owned)
     if "application/json" in request.headers.get("accept", ""):
         assert record.output is not None
         content = await run_in_threadpool(
@@ -208,8 +240,8 @@ async def get_result(job_id: JobId, request: Request, jobs: JobsDep) -> Response
     responses={200: {"content": {"image/png": {}}}, **error_responses(401, 404, 409, 410, 422)},
     summary="PNG of the mask the model used (white = repainted), working size",
 )
-async def get_mask(job_id: JobId, jobs: JobsDep) -> Response:
-    _, result = await finished_result(jobs.store, job_id)
+async def get_mask(record: OwnedJob, jobs: JobsDep) -> Response:
+    _, result = await finished_result(jobs.store, record)
     return Response(result.mask.data, media_type=result.mask.mime_type)
 
 
@@ -234,10 +266,9 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     },
     summary="JPEG of the latest preview while the job denoises (ETag, Preview-Step; 304)",
 )
-async def get_preview(job_id: JobId, request: Request, jobs: JobsDep) -> Response:
+async def get_preview(record: OwnedJob, request: Request, jobs: JobsDep) -> Response:
     """404 preview_not_ready before the first; the last one stays after the job ends. A poll
     with the current ETag costs one record read: no bytes read, nothing encoded."""
-    record = await jobs.store.get(job_id)
     if record.preview_step is None:
         raise PreviewNotReadyError()
     etag = preview_etag(record.preview_step)
@@ -245,7 +276,7 @@ async def get_preview(job_id: JobId, request: Request, jobs: JobsDep) -> Respons
     if etag_matches(request.headers.get("if-none-match"), etag):
         headers.update({"ETag": etag, "Preview-Step": str(record.preview_step)})
         return Response(status_code=304, headers=headers)
-    preview = await jobs.store.preview(job_id)
+    preview = await jobs.store.preview(record.job_id)
     if preview is None:  # forgotten in between: the record said it had one
         raise PreviewNotReadyError()
     step, jpeg = preview
@@ -262,8 +293,8 @@ async def get_preview(job_id: JobId, request: Request, jobs: JobsDep) -> Respons
     },
     summary="Cancel: queued or final 200, running 202 (cancelRequested)",
 )
-async def cancel_job(job_id: JobId, jobs: JobsDep) -> Response:
-    record = await jobs.cancel(job_id)
+async def cancel_job(owned: OwnedJob, jobs: JobsDep) -> Response:
+    record = await jobs.cancel(owned.job_id)
     return document_response(record, 200 if record.final else 202)
 
 
@@ -273,6 +304,6 @@ async def cancel_job(job_id: JobId, jobs: JobsDep) -> Response:
     responses=error_responses(401, 404, 410, 422),
     summary="Cancel if needed, then forget the job and its result",
 )
-async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
-    await jobs.delete(job_id)
+async def delete_job(record: OwnedJob, jobs: JobsDep) -> Response:
+    await jobs.delete(record.job_id)
     return Response(status_code=204)

@@ -24,7 +24,7 @@ from app.edge.errors import JobExpiredError, JobNotFoundError, ServiceError
 from app.edge.schemas import TryOnOptions
 from app.inference.contract import QueuedWork, TryOnJob, Worker
 from app.inference.flow import StageTimer, encode_outcome
-from app.jobs.records import JobError, JobOutput, JobRecord, new_job_id
+from app.jobs.records import JobError, JobOutput, JobRecord, new_job_id, short_id
 from app.jobs.store import JobStore
 from app.media.encoding import EncodedResult
 from catvton.errors import InferenceCanceledError, InvalidInputError
@@ -155,7 +155,7 @@ class JobRunner:
         self._work[record.job_id] = work
         self._drivers[record.job_id] = asyncio.create_task(
             self._drive(record.job_id, work, progress, timer, cache_key, on_final),
-            name=f"job-{record.job_id}",
+            name=f"job-{short_id(record.job_id)}",
         )
         return stored, True
 

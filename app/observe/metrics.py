@@ -41,6 +41,7 @@ REJECTION_REASONS = (
     "unauthorized",
     "rate_limited",
     "too_many_active_requests",
+    "too_many_streams",
     "gpu_busy",
     "shutting_down",
     "models_loading",

@@ -61,15 +61,24 @@ async def try_on(
     with worker.admission():  # loading, failed or full: 503 before reading megabytes
         # Receive (408/413/422 at once), the result cache, then 1. decode and 2. preprocess
         # (thread pool): bytes -> RGB images at the working size
-        prepared = await prepare_try_on(request, worker, intake, cache, timer)
+        # The client's hang-up is watched from the moment its body is in: one that hangs up
+        # while its uploads decode never reaches the queue; one that hangs up while its
+        # inference runs stops it at the next step.
+        prepared = await prepare_try_on(
+            request, worker, intake, cache, timer, watch=partial(wait_for_disconnect, request)
+        )
         if prepared.cached is not None:
+            prepared.stop_watching()
             return await respond(request, prepared.cached, prepared.options, timer, cached=True)
 
     # 3. Infer (the worker): mask unless given -> pipeline -> image
-    with timer("infer"):
-        outcome = await worker.run(
-            prepared.job(), disconnected=partial(wait_for_disconnect, request)
-        )
+    hung_up = prepared.hung_up
+    assert hung_up is not None
+    try:
+        with timer("infer"):
+            outcome = await worker.run(prepared.job(), disconnected=lambda: hung_up)
+    finally:
+        prepared.stop_watching()
 
     # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG; kept in the result cache
     result = await encode_outcome(outcome, prepared.options, timer, cache, prepared.cache_key)

@@ -1,4 +1,4 @@
-// A small browser client of the try-on jobs API (jobs.md), with no page code in it: the part of
+// A small browser client of the try-on jobs API (README, "Try-on jobs"), with no page code in it: the part of
 // the page a client author can copy. Submit a job (retried after Retry-After while the GPU is busy
 // or the models load), follow its events stream (read with fetch, because EventSource cannot
 // send an Authorization header), poll the job every second when the stream fails, and fetch

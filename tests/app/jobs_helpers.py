@@ -59,28 +59,37 @@ def submit(
     return post_parts(f"{base_url}{path}", parts, headers)
 
 
-def document(base_url: str, job_id: str) -> dict:
-    response = httpx.get(f"{base_url}{JOBS}/{job_id}", timeout=10)
+def document(base_url: str, job_id: str, headers: dict[str, str] | None = None) -> dict:
+    response = httpx.get(f"{base_url}{JOBS}/{job_id}", headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def wait_for_job(base_url: str, job_id: str, condition, timeout: float = 300) -> dict:
+def wait_for_job(
+    base_url: str,
+    job_id: str,
+    condition,
+    timeout: float = 300,
+    headers: dict[str, str] | None = None,
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = document(base_url, job_id)
+        body = document(base_url, job_id, headers)
         if condition(body):
             return body
         time.sleep(0.02)
-    raise TimeoutError(f"job never matched: {document(base_url, job_id)}")
+    raise TimeoutError(f"job never matched: {document(base_url, job_id, headers)}")
 
 
-def wait_final(base_url: str, job_id: str, timeout: float = 300) -> dict:
+def wait_final(
+    base_url: str, job_id: str, timeout: float = 300, headers: dict[str, str] | None = None
+) -> dict:
     return wait_for_job(
         base_url,
         job_id,
         lambda body: body["status"] in ("succeeded", "failed", "canceled"),
         timeout,
+        headers,
     )
 
 

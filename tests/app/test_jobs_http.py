@@ -101,7 +101,9 @@ def test_events_stream_each_step_then_end_after_the_final_state(
     documents = [data for _, _, data in events]
     steps = [body["progress"]["step"] for body in documents]
     assert steps == sorted(steps)
-    assert set(range(1, 11)) <= set(steps)  # one event per denoising step
+    # Progress is coalesced to at most 10 events a second (operations.md, "Tenants"): tiny steps
+    # come faster, so not every step has its event, but the last one and the final state do.
+    assert steps[-1] == 10
     assert documents[-1]["status"] == "succeeded"
     # A finished job: the final document at once, then the stream ends.
     replay = read_events(base_url, job_id, timeout=30)

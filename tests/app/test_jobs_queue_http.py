@@ -41,7 +41,10 @@ MAX_QUEUED_JOBS = 3
 
 @pytest.fixture(scope="module")
 def queue_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
-    with jobs_server(tiny_weights, queue_size=4, max_queued_jobs=MAX_QUEUED_JOBS) as served:
+    # One client (this test) fills the bounds: no per-client share (a quarter of 3 would be 1).
+    with jobs_server(
+        tiny_weights, queue_size=4, max_queued_jobs=MAX_QUEUED_JOBS, max_active_per_client=0
+    ) as served:
         yield served
 
 

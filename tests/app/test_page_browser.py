@@ -69,7 +69,8 @@ def browser() -> Iterator[WebDriver]:
 def page_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
     """The app as `--demo` serves it (the banner, /health's `demo`), its worker loading the
     session's tiny weights rather than writing the same tiny weights again (6 s)."""
-    settings = tiny_settings(tiny_weights, demo=True, max_queued_jobs=1)
+    # One page (one client) fills the job bound: no per-client share.
+    settings = tiny_settings(tiny_weights, demo=True, max_queued_jobs=1, max_active_per_client=0)
     worker = InferenceWorker.from_settings(
         settings, partial(load_models, tiny_settings(tiny_weights))
     )

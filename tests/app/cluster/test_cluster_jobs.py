@@ -55,7 +55,8 @@ def test_events_stream_the_replicas_progress_then_end_after_the_final_state(
     ids = [int(event_id) for _, event_id, _ in events]
     assert ids == sorted(set(ids))
     steps = [body["progress"]["step"] for _, _, body in events]
-    assert steps == sorted(steps) and len(set(steps)) >= 3
+    # Progress is coalesced to at most 10 events a second: some steps may share one event.
+    assert steps == sorted(steps) and len(set(steps)) >= 2
     assert events[-1][2]["status"] == "succeeded" and steps[-1] == 10
     replay = read_events(cluster.url, job_id, timeout=30)
     assert [body.get("status") for _, _, body in replay] == ["succeeded", None]  # + its preview
