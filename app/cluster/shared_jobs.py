@@ -33,7 +33,7 @@ from app.edge.errors import (
     WorkerStoppedError,
 )
 from app.jobs.records import JobRecord, short_id
-from app.jobs.runner import JobRunner, ignore_outcome
+from app.jobs.runner import JobRunner
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class SharedJobRunner(JobRunner):
             driver.cancel()  # it records nothing more: the job's end is written here
             work = self._work[job_id]
             self.worker.cancel(work)  # a replica running it stops at its next step
-            work.done.add_done_callback(ignore_outcome)
+            work.abandon()
             stopped = ShuttingDownError("the job did not finish before this replica stopped")
             with contextlib.suppress(JobNotFoundError, JobExpiredError):
                 await self._failed(job_id, stopped, queue_position=None)

@@ -112,6 +112,13 @@ class QueuedWork:
         """The result; raises what `InferenceWorker.run` documents, and InferenceCanceledError."""
         return await self.done
 
+    def abandon(self) -> None:
+        """Nobody wants the outcome any more (the client hung up, the job was deleted): stop
+        before the next denoising step, and retrieve the outcome so asyncio never logs it as
+        never retrieved."""
+        self.stop.set()
+        self.done.add_done_callback(_retrieve)
+
     def notify(self, event: str, *args: Any) -> None:
         """Call the listener's `event` method on the event loop (from any thread)."""
         if self.listener is not None:
@@ -246,3 +253,8 @@ class Worker(Protocol):
     def cancel(self, work: QueuedWork) -> bool:
         """True: taken out of the queue (its outcome raises InferenceCanceledError). False: it
         runs (it stops before its next denoising step) or is done."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,15 +1,12 @@
 """The scheduler: the one device thread's queue, admission, turns, positions, cancel and drain.
 
-One thread owns the device for the life of the process. It first loads the models (app/inference/
-device.py; meanwhile the HTTP server answers `/health` with "loading", and a failed load leaves a
-reason, not a dead process), then takes try-ons one at a time from a bounded queue. One thread
-rather than a lock: two inferences can never overlap, and a request that cannot be served soon is
-told so at once (503) instead of piling up behind a lock.
-
-Both doors share this one queue: a synchronous request awaits its work (`run`), a job hands its
-work in and leaves (`submit`), hearing about it through a `WorkListener` and stopping it with
-`cancel`. The event loop never runs model code. This is the single process's `Worker`
-(app/inference/contract.py); what one try-on does on the device is `Models.predict`.
+One thread owns the device for the life of the process: it loads the models (app/inference/
+device.py; meanwhile /health says "loading", and a failed load leaves a reason, not a dead
+process), then takes try-ons one at a time from a bounded queue. One thread rather than a lock:
+two inferences never overlap, and a request that cannot be served soon is told so at once (503).
+Both doors share the queue: a synchronous request awaits its work (`run`), a job hands it in and
+leaves (`submit`), hears of it through a `WorkListener` and stops it with `cancel`. This is the
+single process's `Worker` (app/inference/contract.py); one try-on itself is `Models.predict`.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from typing import Any
 from app.edge.errors import (
     ClientDisconnectedError,
     GPUBusyError,
-    ServiceError,
     ShuttingDownError,
     WorkerStoppedError,
 )
@@ -52,10 +48,8 @@ class InferenceWorker:
     """Loads the models on its own thread, then serves try-ons there, one at a time.
 
     A synchronous request is refused when `queue_size` synchronous requests wait, and waits at
-    most `queue_timeout` seconds; jobs may queue deeper, up to `max_queued_jobs` jobs, and wait
-    as long as it takes: each door counts its own (README, "Tenants"). Waiting work is
-    taken client by client in turn (app/inference/waiting.py). The values come from `Settings`
-    (`from_settings`).
+    most `queue_timeout` s; up to `max_queued_jobs` jobs may wait as long as it takes: each door
+    counts its own. Work is taken client by client in turn (app/inference/waiting.py).
     """
 
     def __init__(
@@ -109,10 +103,8 @@ class InferenceWorker:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Fail what waits or runs with shutting_down, then give the thread `timeout` seconds.
-
         The running inference cannot be interrupted: its client is answered now, and the device
-        thread (a daemon) ends with the process. A second call returns at once.
-        """
+        thread (a daemon) ends with the process. A second call returns at once."""
         with self._condition:
             if self._stopping:
                 return
@@ -134,7 +126,7 @@ class InferenceWorker:
         return WorkerStatus(
             state=device.state,
             draining=self._draining,
-            reason=self._refusal(),
+            reason=ShuttingDownError() if self._draining else self.device.unavailable(),
             error=device.error,
             model_loaded=models is not None,
             device=str(pipeline.device) if pipeline else None,
@@ -150,10 +142,6 @@ class InferenceWorker:
             gpu=read_gpu_memory(device.torch_device),
             uptime_s=round(time.monotonic() - self.started_at, 1),
         )
-
-    def _refusal(self) -> ServiceError | None:
-        """Why a new request is refused now whatever the queue holds, or None."""
-        return ShuttingDownError() if self._draining else self.device.unavailable()
 
     # -- the event loop's side -----------------------------------------------------------------
 
@@ -209,13 +197,11 @@ class InferenceWorker:
     ) -> TryOnOutcome:
         """Queue `job`, wait for its turn and result.
 
-        `disconnected` resolves when the client goes away: a job whose client is already gone is
-        refused, one still waiting is dropped, before it costs device time, and one running is
-        stopped at its next denoising step (the stop a job's cancel sets), so the next one starts
-        at once; a result finished meanwhile is dropped. Raises the 503s of
-        `check_accepting`, GPUBusyError after `queue_timeout` seconds of waiting,
-        GPUOutOfMemoryError, ClientDisconnectedError, and whatever the pipeline raised
-        (InvalidInputError for a bad input).
+        `disconnected` resolves when the client goes away: work whose client is gone is refused
+        or dropped from the queue, and running work stops at its next step (as a job's cancel),
+        so the next one starts at once. Raises the 503s of `check_accepting`, GPUBusyError after
+        `queue_timeout` s of waiting, GPUOutOfMemoryError, ClientDisconnectedError, and what the
+        pipeline raised (InvalidInputError for a bad input).
         """
         watcher = asyncio.ensure_future(disconnected())
         # One loop step for the watcher: a client that hung up while its uploads decoded is known
@@ -239,8 +225,7 @@ class InferenceWorker:
             if not ticket.done.done():
                 await asyncio.wait({ticket.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if not ticket.done.done():  # the client hung up while its inference ran
-                ticket.stop.set()
-                ticket.done.add_done_callback(drop_outcome)
+                ticket.abandon()
                 raise ClientDisconnectedError("the client disconnected while its try-on ran")
             return await ticket.done
         finally:
@@ -311,10 +296,3 @@ class InferenceWorker:
             ticket.context.run(self.device.serve, ticket)
             with self._condition:
                 self._line.running = None
-
-
-def drop_outcome(future: asyncio.Future[Any]) -> None:
-    """Retrieve the outcome nobody waits for any more (its client hung up), so asyncio does not
-    log it as never retrieved."""
-    if not future.cancelled():
-        future.exception()

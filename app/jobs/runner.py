@@ -148,7 +148,7 @@ class JobRunner:
         stored, created = await self.store.create(queued)
         if not created:  # the same key, sent twice at once: one job
             self.worker.cancel(work)
-            work.done.add_done_callback(ignore_outcome)
+            work.abandon()
             if on_final is not None:
                 on_final()  # this submission's work is over already
             return stored, False
@@ -217,8 +217,7 @@ class JobRunner:
                     self.worker.cancel(work)  # asked through another process's store view
             await self._conclude(job_id, work, timer, cache_key)
         except (JobNotFoundError, JobExpiredError):
-            work.stop.set()  # deleted meanwhile: nobody wants the rest
-            work.done.add_done_callback(ignore_outcome)
+            work.abandon()  # deleted meanwhile: nobody wants the rest
         finally:
             self._work.pop(job_id, None)
             self._drivers.pop(job_id, None)
@@ -278,9 +277,3 @@ class JobRunner:
         await self.store.finish(
             job_id, status="canceled", stage=None, queue_position=None, eta_at=None, error=CANCELED
         )
-
-
-def ignore_outcome(future: asyncio.Future[Any]) -> None:
-    """Retrieve an unwanted outcome, so asyncio does not log it as never retrieved."""
-    if not future.cancelled():
-        future.exception()
