@@ -45,9 +45,9 @@ def app_command(weights: Path, *flags: str) -> list[str]:
         (f"alice {ALICE_KEY}\n\n# ok so far\nbob\n", (), "line 4: expected 'NAME KEY'"),
         (f"alice {ALICE_KEY}\nalice {NEW_KEY}\n", (), "line 2: the name 'alice' is already used"),
         (f"alice {ALICE_KEY}\n", ("--rate-limit", "30/fortnight"), "--rate-limit '30/fortnight'"),
-        (f"alice {ALICE_KEY}\n", ("--max-active-per-client", "0"), "--max-active-per-client"),
+        (f"alice {ALICE_KEY}\n", ("--max-active-per-client", "-1"), "--max-active-per-client"),
     ],
-    ids=["empty-file", "malformed-line", "duplicate-names", "bad-rate-limit", "zero-active"],
+    ids=["empty-file", "malformed-line", "duplicate-names", "bad-rate-limit", "negative-active"],
 )
 def test_the_start_fails_naming_the_flag_or_the_line(
     tiny_weights: Path, tmp_path: Path, file_text: str, flags: tuple[str, ...], says: str
