@@ -45,7 +45,7 @@ from catvton.preprocess import FITTED_MASK_INFO
 
 TOMBSTONE_S = 24 * 3600
 # A pin outlives a lost unpin (a crashed ingress, a refused submit) by at most this long.
-PIN_LEASE_S = 3600.0
+PIN_LEASE_S = 3 * 3600.0
 MAX_TOMBSTONES = 100_000  # ~10 MB of ids; beyond it the oldest answer 404 instead of 410 early
 IMAGE_ID_BYTES = 16  # 128 random bits: with keys off the id is the capability
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
