@@ -365,7 +365,9 @@ async function storePerson(person, signal) {
   try {
     return await client.storeImage(person, { signal, onRetry: showRetry });
   } catch (error) {
-    if (error instanceof ApiError) error.message = error.message.replace(/^image\b/, "person_image");
+    if (error instanceof ApiError) {
+      error.message = error.message.replace(/^image\b/, "person_image");
+    }
     throw error;
   }
 }
