@@ -24,6 +24,8 @@ from app.access.limits import (
 from app.cache.results import InMemoryResultCache, ResultCache
 from app.edge.errors import error_responses, install_error_handlers
 from app.edge.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
+from app.images import routes as images_routes
+from app.images.store import ImageStore, InMemoryImageStore
 from app.inference.contract import Worker
 from app.inference.worker import InferenceWorker
 from app.jobs import routes as jobs_routes
@@ -45,10 +47,12 @@ def create_app(
     job_store: JobStore | None = None,
     cache: ResultCache | None = None,
     active_work: ActiveWork | None = None,
+    image_store: ImageStore | None = None,
     job_runner: Callable[[JobStore, Worker, ResultCache | None], JobRunner] = JobRunner,
 ) -> FastAPI:
     """Build the service; `worker` defaults to one that loads the models `settings` names, the
-    job store, the result cache and the active-work counts to in-memory ones as `settings` says.
+    job store, the result cache, the active-work counts and the image store to in-memory ones as
+    `settings` says.
 
     The scaled-out ingress (app/cluster) passes its own worker (whose status lists replicas) and
     a job runner whose cancels cross replicas.
@@ -62,6 +66,12 @@ def create_app(
     if job_store is None:
         job_store = InMemoryJobStore(
             ttl_s=settings.job_ttl, max_bytes=settings.job_store_bytes, max_jobs=settings.max_jobs
+        )
+    if image_store is None:
+        image_store = InMemoryImageStore(
+            ttl_s=settings.image_ttl,
+            max_bytes=settings.image_store_bytes,
+            max_images_per_client=settings.max_images_per_client,
         )
     if cache is None and settings.cache_bytes > 0:
         cache = InMemoryResultCache(settings.cache_bytes)
@@ -96,6 +106,7 @@ def create_app(
     app.state.settings = settings
     app.state.worker = worker
     app.state.cache = cache
+    app.state.images = image_store
     app.state.jobs = job_runner(job_store, worker, cache)
     app.state.intake = Intake(settings)  # one decode memory budget for every request
     app.state.streams = StreamSlots(settings.max_streams_per_client)
@@ -135,6 +146,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(try_on.router)
     app.include_router(jobs_routes.router)
+    app.include_router(images_routes.router)
     app.include_router(health.router)
     app.include_router(observe_routes.router)
     docs.install_docs(app)

@@ -124,6 +124,20 @@ class Settings(BaseSettings):
         256.0, ge=0, description="MiB of the result cache for fixed seeds (LRU); 0 turns it off"
     )
 
+    # -- stored images: upload once, try many (app/images) ----------------------------------------
+    image_ttl: float = Field(
+        3600.0, gt=0, description="seconds a stored image is kept after its last use"
+    )
+    image_store_mb: float = Field(
+        1024.0,
+        gt=0,
+        description="MiB of stored images (fitted pixels and their masks); the least recently "
+        "used are evicted first",
+    )
+    max_images_per_client: int = Field(
+        50, ge=1, description="stored images per client; its own least recently used go first"
+    )
+
     # -- access control and limits (app/access) ---------------------------------------------------
     api_keys_file: Path | None = Field(
         None,
@@ -225,6 +239,10 @@ class Settings(BaseSettings):
     @property
     def job_store_bytes(self) -> int:
         return int(self.job_store_mb * MEBIBYTE)
+
+    @property
+    def image_store_bytes(self) -> int:
+        return int(self.image_store_mb * MEBIBYTE)
 
     @property
     def cache_bytes(self) -> int:

@@ -123,7 +123,14 @@ def check_mask_shape(
     ratio is taken as drawn on the already cropped person (what ``python -m catvton mask``
     writes). Any other shape is refused. Call it on the images as received, before fitting.
     """
-    (person_w, person_h), (mask_w, mask_h) = upright_size(person_image), upright_size(mask_image)
+    check_mask_size(upright_size(person_image), upright_size(mask_image), size)
+
+
+def check_mask_size(
+    person_size: tuple[int, int], mask_size: tuple[int, int], size: tuple[int, int]
+) -> None:
+    """`check_mask_shape` on the upright sizes alone (a stored person photo is kept fitted)."""
+    (person_w, person_h), (mask_w, mask_h) = person_size, mask_size
     if not (
         _same_aspect((mask_w, mask_h), (person_w, person_h)) or _same_aspect((mask_w, mask_h), size)
     ):

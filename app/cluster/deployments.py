@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from app.cluster.headers import EdgeHeadersMiddleware
 from app.cluster.redis_active import RedisActiveWork
 from app.cluster.redis_client import answer_redis_down, connect
+from app.cluster.redis_images import RedisImageStore
 from app.cluster.redis_jobs import RedisJobStore
 from app.cluster.redis_results import RedisResultCache
 from app.cluster.registry import ReplicaRegistry
@@ -63,6 +64,13 @@ class Ingress:
             max_jobs=settings.max_jobs,
         )
         cache = RedisResultCache(redis, settings.cache_bytes) if settings.cache_bytes > 0 else None
+        # Stored images: any ingress replica serves a try-on naming one stored through another.
+        images = RedisImageStore(
+            redis,
+            ttl_s=settings.image_ttl,
+            max_bytes=settings.image_store_bytes,
+            max_images_per_client=settings.max_images_per_client,
+        )
         replica_id = serve.get_replica_context().replica_id.unique_id
         active_work = (
             RedisActiveWork(redis, replica_id, settings.max_active_per_client)
@@ -77,6 +85,7 @@ class Ingress:
             job_store=store,
             cache=cache,
             active_work=active_work,
+            image_store=images,
             job_runner=partial(
                 SharedJobRunner, redis, replica_id, drain_timeout=settings.drain_timeout
             ),

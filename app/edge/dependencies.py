@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.cache.results import ResultCache
+from app.images.store import ImageStore
 from app.inference.contract import Worker
 from app.jobs.events import StreamSlots
 from app.jobs.runner import JobRunner
@@ -42,9 +43,15 @@ async def get_streams(request: Request) -> StreamSlots:
     return request.app.state.streams
 
 
+async def get_images(request: Request) -> ImageStore:
+    """The stored images (app/images), also read by the try-on flow for `*_image_id` fields."""
+    return request.app.state.images
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 CacheDep = Annotated[ResultCache | None, Depends(get_cache)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 StreamsDep = Annotated[StreamSlots, Depends(get_streams)]
+ImagesDep = Annotated[ImageStore, Depends(get_images)]

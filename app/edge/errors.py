@@ -250,14 +250,45 @@ class IdempotencyKeyReusedError(ServiceError):
         )
 
 
+# -- stored images (app/images) -----------------------------------------------------------------
+
+
+class ImageNotFoundError(ServiceError):
+    """Also for another client's image (keys on): its id must tell nothing (operations.md)."""
+
+    status_code = 404
+    code = "image_not_found"
+
+    def __init__(self, field: str | None = None) -> None:
+        named = f"{field}: " if field else ""
+        super().__init__(
+            f"{named}no such stored image: check the image id (ids of deleted images are "
+            "forgotten); upload it again with POST /api/try-on/images."
+        )
+
+
+class ImageExpiredError(ServiceError):
+    status_code = 410
+    code = "image_expired"
+
+    def __init__(self, field: str | None = None) -> None:
+        named = f"{field}: " if field else ""
+        super().__init__(
+            f"{named}this stored image was forgotten (unused for too long, or evicted to make "
+            "room); upload it again with POST /api/try-on/images."
+        )
+
+
 # For /openapi.json: what each error status means. Every route declares each status it can answer,
 # with the envelope as its body (`error_responses`), so a generated client can read the error.
 ERROR_DESCRIPTIONS = {
     401: "a missing or unknown API key (when the server is started with --api-keys-file)",
-    404: "no such resource (jobs: job_not_found, also for a malformed id; preview_not_ready)",
+    404: "no such resource (jobs: job_not_found, also for a malformed id; preview_not_ready; "
+    "images: image_not_found)",
     408: "the upload arrived too slowly (the connection is closed)",
     409: "jobs: job_not_finished (Retry-After), or canceled",
-    410: "jobs: job_expired, the job and its result were forgotten (answered for 24 h)",
+    410: "job_expired / image_expired: the job (its result) or the stored image was forgotten "
+    "(answered for 24 h)",
     413: "an upload over the byte cap or the pixel cap",
     415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
     429: "over the rate limit, the per-client active requests or event streams (Retry-After)",

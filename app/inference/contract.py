@@ -37,11 +37,20 @@ class TryOnJob:
 
     `client` (app/edge/clients.py `client_id`) names the lane the work waits in: the waiting line
     takes clients in turn (app/inference/waiting.py).
+    `on_outcome` (the flow's, e.g. keep the automatic mask of a stored person, app/images) runs
+    on the ingress once the outcome is back; it never travels to a try-on replica.
     """
 
     images: TryOnImages
     options: TryOnOptions
     client: str = ""
+    on_outcome: Callable[[TryOnOutcome], Awaitable[None]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled to a Ray Serve replica without the callback (it holds the ingress's stores).
+        return {**self.__dict__, "on_outcome": None}
 
 
 @dataclass
@@ -50,6 +59,9 @@ class TryOnOutcome:
     seed: int
     mask: Image.Image  # the mask the model used: L, working size, 255 = repainted
     timings: dict[str, float]  # seconds per stage, queue wait included
+    # The masker's own mask (before the pipeline's smoothing) when it ran; None with a given mask.
+    # Passed back in as a job's mask_image it gives the same image (app/images keeps it).
+    automatic_mask: Image.Image | None = None
 
 
 class WorkListener(Protocol):

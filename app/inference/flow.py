@@ -1,10 +1,10 @@
 """The one try-on flow of both doors (`POST /api/try-on` and `POST /api/try-on/jobs`).
 
-A request: receive (stream the upload, validate the options) -> the result cache -> 1. decode ->
-2. fit to the working size -> 3. infer (the worker) -> 4. encode (and remember in the cache). The
-job door runs 3 and 4 later, in the job runner; everything else is this same code, so every
-intake protection, the cache and the usage record cover both doors alike. The two routes differ
-only in how they answer.
+A request: receive (stream the upload, validate the options, resolve the stored images it names
+by id, app/images) -> the result cache -> 1. decode -> 2. fit to the working size -> 3. infer
+(the worker) -> 4. encode (and remember in the cache). The job door runs 3 and 4 later, in the
+job runner; everything else is this same code, so every intake protection, the cache and the
+usage record cover both doors alike. The two routes differ only in how they answer.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +27,8 @@ from app.edge.clients import client_id
 from app.edge.context import request_context
 from app.edge.errors import InvalidFieldError, describe_validation_errors
 from app.edge.schemas import TryOnOptions, TryOnResponse
+from app.images.resolve import assemble_images, named_ids, resolve_ids
+from app.images.store import ImageStore, Pixels, StoredImage
 from app.inference.contract import TryOnJob, TryOnOutcome, Worker
 from app.media.encoding import EncodedResult, encode_result
 from app.media.intake import Intake, TryOnImages
@@ -73,10 +76,13 @@ def parse_options(fields: dict[str, str]) -> TryOnOptions:
 
 @dataclass
 class ReceivedTryOn:
-    """A received try-on request: the raw form, its validated options, its files' hashes (lazy)."""
+    """A received try-on request: the raw form, its validated options, the stored images it
+    names (`ids` by file field; `stored` once resolved), its files' hashes (lazy)."""
 
     form: ReceivedForm
     options: TryOnOptions
+    ids: dict[str, str] = field(default_factory=dict)
+    stored: dict[str, StoredImage] = field(default_factory=dict)
     _file_hashes: dict[str, str] | None = field(default=None, repr=False)
 
     async def file_hashes(self) -> dict[str, str]:
@@ -89,28 +95,21 @@ class ReceivedTryOn:
         return request_fingerprint(await self.file_hashes(), self.form.fields)
 
     async def cache_key(self, model_identity: str) -> str | None:
-        """The result cache's key; None for a random seed (no hashing at all then)."""
+        """The result cache's key; None for a random seed (no hashing at all then). A stored
+        image counts by the sha256 of its upload, so by id and by file share an entry."""
         if self.options.seed == RANDOM_SEED:
             return None
-        return cache_key(await self.file_hashes(), self.options, model_identity)
+        stored = {part: image.sha256 for part, image in self.stored.items()}
+        return cache_key({**await self.file_hashes(), **stored}, self.options, model_identity)
 
 
 async def receive_try_on(request: Request, intake: Intake, timer: StageTimer) -> ReceivedTryOn:
-    """Stream the upload in (byte caps, deadlines) and validate the options before any decoding."""
+    """Stream the upload in (byte caps, deadlines) and validate the options before any decoding;
+    each required image is a file part or the id of a stored image (422 for both or neither)."""
     with timer("upload"):
-        form = await intake.receive(request)
-    return ReceivedTryOn(form=form, options=parse_options(form.fields))
-
-
-async def prepare_images(
-    received: ReceivedTryOn, size: tuple[int, int], intake: Intake, timer: StageTimer
-) -> TryOnImages:
-    """Stages 1 and 2, in the thread pool: bytes -> RGB images (413/415 naming the field, within
-    the decode memory budget) -> fitted to the working size."""
-    with timer("decode"):
-        images = await intake.decode(received.form, size)
-    with timer("preprocess"):
-        return await intake.fit(images, size)
+        form = await intake.receive(request, required=())
+    ids = named_ids(form.files, form.fields)
+    return ReceivedTryOn(form=form, options=parse_options(form.fields), ids=ids)
 
 
 @dataclass
@@ -124,6 +123,9 @@ class PreparedTryOn:
     client: str = ""  # whose lane the work waits in (app/inference/waiting.py)
     # Resolves when the client hangs up; watched from the moment the body was in (`watch`).
     hung_up: asyncio.Future[Any] | None = None
+    # Stored images: pinned until `release`; where the automatic mask of a stored person goes.
+    image_store: ImageStore | None = None
+    keep_mask: tuple[str, str] | None = None  # (person image id, cloth type)
 
     def stop_watching(self) -> None:
         if self.hung_up is not None:
@@ -135,7 +137,25 @@ class PreparedTryOn:
 
     def job(self) -> TryOnJob:
         assert self.images is not None, "a cache hit has no work"
-        return TryOnJob(images=self.images, options=self.options, client=self.client)
+        on_outcome = None
+        if self.keep_mask is not None and self.image_store is not None:
+            on_outcome = partial(keep_automatic_mask, self.image_store, *self.keep_mask)
+        return TryOnJob(
+            images=self.images, options=self.options, client=self.client, on_outcome=on_outcome
+        )
+
+    def release(self) -> None:
+        """The try-on ended (any way): its stored images may be evicted again."""
+        if self.image_store is not None and self.images is not None:
+            self.image_store.release([image.image_id for image in self.received.stored.values()])
+
+
+async def keep_automatic_mask(
+    store: ImageStore, image_id: str, cloth_type: str, outcome: TryOnOutcome
+) -> None:
+    """Keep the masker's mask with the stored person: the next try-on of it runs no masker."""
+    if outcome.automatic_mask is not None:
+        await store.put_mask(image_id, cloth_type, Pixels.from_image(outcome.automatic_mask))
 
 
 async def prepare_try_on(
@@ -147,10 +167,12 @@ async def prepare_try_on(
     *,
     watch: Callable[[], Awaitable[Any]] | None = None,
 ) -> PreparedTryOn:
-    """Receive the request, consult the cache, and on a miss decode and fit its images.
+    """Receive the request, resolve its stored images, consult the cache, and on a miss decode
+    and fit its images (a stored person's automatic mask, when kept, becomes the job's mask).
 
     Call it inside the worker's admission (503s before a byte). Records the usage (steps, cache
-    hit or miss) on the request's context. Raises 408/413/415/422 naming the field.
+    hit or miss) on the request's context. Raises 408/413/415/422 naming the field, 404/410 for
+    a stored image. On a miss the stored images are pinned: call `release` once the work ends.
 
     `watch` (the synchronous door: wait for the client's hang-up) starts as soon as the body is
     in and runs while the uploads decode, so a client that hangs up meanwhile is known before
@@ -161,7 +183,10 @@ async def prepare_try_on(
     client = client_id(request)
     context.steps = received.options.num_inference_steps
     hung_up = asyncio.ensure_future(watch()) if watch is not None else None
+    store: ImageStore = request.app.state.images  # as app/edge/dependencies.py (an import cycle)
     try:
+        if received.ids:
+            received.stored = await resolve_ids(received.ids, store, context.client, worker.size)
         key = await received.cache_key(worker.model_identity) if cache is not None else None
         if key and cache is not None:
             result = await cache.get(key)
@@ -171,12 +196,43 @@ async def prepare_try_on(
                     received, key, cached=result, images=None, client=client, hung_up=hung_up
                 )
         # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
-        images = await prepare_images(received, worker.size, intake, timer)
+        images = await assemble_images(
+            received.form.files, received.stored, worker.size, intake, timer
+        )
+        keep_mask = await reuse_automatic_mask(received, images, store)
     except BaseException:
         if hung_up is not None:
             hung_up.cancel()
         raise
-    return PreparedTryOn(received, key, None, images, client=client, hung_up=hung_up)
+    for image in received.stored.values():
+        await store.pin(image.image_id)
+    return PreparedTryOn(
+        received,
+        key,
+        None,
+        images,
+        client=client,
+        hung_up=hung_up,
+        image_store=store,
+        keep_mask=keep_mask,
+    )
+
+
+async def reuse_automatic_mask(
+    received: ReceivedTryOn, images: TryOnImages, store: ImageStore
+) -> tuple[str, str] | None:
+    """A stored person's kept automatic mask for this cloth type becomes the job's mask (the
+    masker's own output: the same image). Returns (image id, cloth type) where the masker's mask
+    is still to be kept, else None."""
+    person = received.stored.get("person_image")
+    if person is None or images.mask_image is not None:
+        return None
+    cloth_type = received.options.cloth_type
+    kept = await store.mask(person.image_id, cloth_type)
+    if kept is None:
+        return person.image_id, cloth_type
+    images.mask_image = kept.to_image()
+    return None
 
 
 async def encode_outcome(
@@ -185,9 +241,12 @@ async def encode_outcome(
     timer: StageTimer,
     cache: ResultCache | None,
     cache_key: str | None,
+    job: TryOnJob | None = None,
 ) -> EncodedResult:
     """Stage 4 (thread pool): the image in the requested format, the mask as PNG; remembered in
-    the result cache under `cache_key`, when there is one."""
+    the result cache under `cache_key`, when there is one; the `job`'s own `on_outcome` first."""
+    if job is not None and job.on_outcome is not None:
+        await job.on_outcome(outcome)
     timer.add_seconds(outcome.timings)
     with timer("encode"):
         result = await run_in_threadpool(

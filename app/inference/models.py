@@ -83,10 +83,10 @@ class Models:
             raise InferenceCanceledError("canceled before it started")
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        mask_image = images.mask_image
+        mask_image, automatic_mask = images.mask_image, None
         if mask_image is None:
             on_stage("masking")
-            mask_image = self.masker(images.person_image, options.cloth_type).mask
+            mask_image = automatic_mask = self.masker(images.person_image, options.cloth_type).mask
             timings["mask"] = time.perf_counter() - started
         on_stage("denoising")
         result = self.pipeline(
@@ -106,7 +106,13 @@ class Models:
         # Prefixed: the pipeline's stage names (preprocess, encode, ...) recur in the route's.
         timings.update({f"pipeline_{stage}": seconds for stage, seconds in result.timings.items()})
         logger.info("inference done: seed %d, %d steps", result.seed, options.num_inference_steps)
-        return TryOnOutcome(image=image, seed=result.seed, mask=result.mask, timings=timings)
+        return TryOnOutcome(
+            image=image,
+            seed=result.seed,
+            mask=result.mask,
+            timings=timings,
+            automatic_mask=automatic_mask,
+        )
 
 
 def load_models(settings: Settings, progress: ProgressCallback) -> Models:

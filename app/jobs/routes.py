@@ -9,7 +9,9 @@ then hands stages 3 and 4 to the job runner and answers 202 at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -30,7 +32,13 @@ from app.edge.errors import (
     PreviewNotReadyError,
     error_responses,
 )
-from app.inference.flow import StageTimer, prepare_try_on, receive_try_on, success_body
+from app.inference.flow import (
+    PreparedTryOn,
+    StageTimer,
+    prepare_try_on,
+    receive_try_on,
+    success_body,
+)
 from app.jobs.documents import JOBS_PATH, JobDocument, render_json
 from app.jobs.events import event_stream
 from app.jobs.records import JOB_ID_PATTERN, JobRecord, short_id
@@ -147,18 +155,29 @@ async def submit_job(
             # 3. Infer and 4. encode: queued; the job runner takes it from here. The client's
             # active-work slot (--max-active-per-client) stays taken until the job is final.
             slot = take_active_slot(request)
-            stored, created = await jobs.submit(
-                record,
-                prepared.job(),
-                timer=timer,
-                cache_key=prepared.cache_key,
-                on_final=slot.release if slot is not None else None,
-            )
+            try:
+                stored, created = await jobs.submit(
+                    record,
+                    prepared.job(),
+                    timer=timer,
+                    cache_key=prepared.cache_key,
+                    on_final=partial(end_job, prepared, slot.release if slot else None),
+                )
+            except BaseException:
+                prepared.release()  # never queued: its stored images are free again
+                raise
     if not created:  # the same key sent twice at once: one job
         return replay(stored, record.fingerprint)
     logger.info("job %s submitted (%s)", short_id(stored.job_id), stored.status)
     location = f"{JOBS_PATH}/{stored.job_id}"
     return document_response(stored, 202, {"Location": location, "Retry-After": "1"})
+
+
+def end_job(prepared: PreparedTryOn, release_slot: Callable[[], None] | None) -> None:
+    """A job's work is over: its stored images and the client's active-work slot are free."""
+    prepared.release()
+    if release_slot is not None:
+        release_slot()
 
 
 def replay(existing: JobRecord, fingerprint: str | None) -> Response:

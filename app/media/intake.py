@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -30,9 +30,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.media.decoding import decode_cost, decode_image
-from app.media.uploads import ReceivedForm, Upload, UploadLimits, receive_upload
+from app.media.uploads import (
+    FILE_FIELDS,
+    REQUIRED_FILE_FIELDS,
+    ReceivedForm,
+    Upload,
+    UploadLimits,
+    receive_upload,
+)
 from app.settings import Settings
-from catvton.preprocess import check_mask_shape, fit_cloth, fit_mask, fit_person
+from catvton.preprocess import check_mask_size, fit_cloth, fit_mask, fit_person, upright_size
 
 T = TypeVar("T")
 
@@ -128,40 +135,54 @@ class Intake:
         self.max_jpeg_scans = settings.max_jpeg_scans
         self.budget = MemoryBudget(settings.decode_memory_bytes)
 
-    async def receive(self, request: Request) -> ReceivedForm:
+    async def receive(
+        self,
+        request: Request,
+        *,
+        file_fields: tuple[str, ...] = FILE_FIELDS,
+        required: tuple[str, ...] = REQUIRED_FILE_FIELDS,
+    ) -> ReceivedForm:
         """The multipart body, within the byte caps and upload deadlines (app/media/uploads.py)."""
-        return await receive_upload(request, self.upload_limits)
+        return await receive_upload(
+            request, self.upload_limits, file_fields=file_fields, required=required
+        )
 
     async def decode(self, form: ReceivedForm, size: tuple[int, int]) -> TryOnImages:
-        """Stage 1 of a try-on: every uploaded file -> image, in the thread pool.
+        """Stage 1 of a try-on: every uploaded file -> image (`decode_files`)."""
+        images = await self.decode_files(form.files, size)
+        return TryOnImages(
+            person_image=images["person_image"],
+            cloth_image=images["cloth_image"],
+            mask_image=images.get("mask_image"),
+        )
+
+    async def decode_files(
+        self, files: Mapping[str, Upload], size: tuple[int, int]
+    ) -> dict[str, Image.Image]:
+        """Uploaded files -> images by field name, in the thread pool (`mask_image` as a mask).
 
         First every file's header (pixels, JPEG scans, the decode's memory): a bad file is
         refused before any costly decode starts. Then one decode per file, each within the
         memory budget; libjpeg and zlib release the GIL, so two files decode on two cores.
         """
-        names = list(form.files)
+        names = list(files)
         limits = DecodeLimits(
             size=size, max_pixels=self.max_pixels, max_jpeg_scans=self.max_jpeg_scans
         )
         costs = await settle_all(
-            [run_in_threadpool(partial(decode_cost, form.files[name], **limits)) for name in names]
+            [run_in_threadpool(partial(decode_cost, files[name], **limits)) for name in names]
         )
         decoded = await settle_all(
             [
                 self._decode_within_budget(
-                    form.files[name],
+                    files[name],
                     cost,
                     partial(decode_image, rgb=name != "mask_image", **limits),
                 )
                 for name, cost in zip(names, costs, strict=True)
             ]
         )
-        images = dict(zip(names, decoded, strict=True))
-        return TryOnImages(
-            person_image=images["person_image"],
-            cloth_image=images["cloth_image"],
-            mask_image=images.get("mask_image"),
-        )
+        return dict(zip(names, decoded, strict=True))
 
     async def _decode_within_budget(
         self, upload: Upload, cost: int, decode: partial[Image.Image]
@@ -170,8 +191,15 @@ class Intake:
             return await run_in_threadpool(decode, upload)
 
     @staticmethod
-    async def fit(images: TryOnImages, size: tuple[int, int]) -> TryOnImages:
+    async def fit(
+        images: TryOnImages,
+        size: tuple[int, int],
+        upright_sizes: Mapping[str, tuple[int, int]] | None = None,
+    ) -> TryOnImages:
         """Stage 2: fit each image to the working size once, with the pipeline's own rules.
+
+        An image already fitted (a stored one, app/images) passes unchanged; `upright_sizes`
+        gives its size as decoded by field name, for the mask-shape rule.
 
         Done here, in parallel thread-pool tasks (Pillow's resampling releases the GIL), so the
         device worker spends its time on the model; the pipeline's own fitting is then a no-op.
@@ -180,7 +208,12 @@ class Intake:
         if images.mask_image is not None:
             # On the images as decoded, as the pipeline would (it sees them fitted): a mask of
             # another shape would be cropped onto a different region of the photo (422).
-            check_mask_shape(images.person_image, images.mask_image, size)
+            sizes = upright_sizes or {}
+            check_mask_size(
+                sizes.get("person_image") or upright_size(images.person_image),
+                sizes.get("mask_image") or upright_size(images.mask_image),
+                size,
+            )
         fits = [
             run_in_threadpool(fit_person, images.person_image, size),
             run_in_threadpool(fit_cloth, images.cloth_image, size),

@@ -77,8 +77,9 @@ class ReceivedForm:
 class _FormCollector:
     """Callbacks for python-multipart's streaming parser, enforcing the caps as bytes arrive."""
 
-    def __init__(self, max_file_bytes: int) -> None:
+    def __init__(self, max_file_bytes: int, file_fields: tuple[str, ...] = FILE_FIELDS) -> None:
         self.max_file_bytes = max_file_bytes
+        self.file_fields = file_fields
         self.form = ReceivedForm()
         self.parts = 0
         self.finished = False
@@ -138,7 +139,7 @@ class _FormCollector:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._buffer += data[start:end]
-        if self._name in FILE_FIELDS:
+        if self._name in self.file_fields:
             if len(self._buffer) > self.max_file_bytes:
                 raise PayloadTooLargeError(
                     f"{self._name} is larger than the upload cap of "
@@ -150,7 +151,7 @@ class _FormCollector:
     def on_part_end(self) -> None:
         # Classified by field name, not by the presence of a filename: `curl -F person_image=<x.jpg`
         # and some React Native versions send files without one.
-        if self._name in FILE_FIELDS:
+        if self._name in self.file_fields:
             content_type = self._headers.get(b"content-type")
             self.form.files[self._name] = Upload(
                 field=self._name,
@@ -189,8 +190,17 @@ class _DelimiterCounter:
             )
 
 
-async def receive_upload(request: Request, limits: UploadLimits) -> ReceivedForm:
+async def receive_upload(
+    request: Request,
+    limits: UploadLimits,
+    *,
+    file_fields: tuple[str, ...] = FILE_FIELDS,
+    required: tuple[str, ...] = REQUIRED_FILE_FIELDS,
+) -> ReceivedForm:
     """Stream the multipart body into memory, file by file, within `limits`.
+
+    `file_fields` are read as files (every other part as text), `required` must be among them
+    (a try-on naming stored images checks its own pairs, app/images/resolve.py).
 
     Raises InvalidFieldError (not multipart, malformed, required file missing),
     PayloadTooLargeError, UploadTimeoutError, ClientDisconnectedError.
@@ -206,7 +216,7 @@ async def receive_upload(request: Request, limits: UploadLimits) -> ReceivedForm
     declared_length = request.headers.get("content-length", "")
     if declared_length.isdigit() and int(declared_length) > limits.max_body_bytes:
         raise _body_too_large(f"{int(declared_length) / 1024 / 1024:.1f} MB", limits)
-    collector = _FormCollector(limits.max_file_bytes)
+    collector = _FormCollector(limits.max_file_bytes, file_fields)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
     except ValueError as exc:  # e.g. a boundary over python-multipart's 256 characters
@@ -225,7 +235,7 @@ async def receive_upload(request: Request, limits: UploadLimits) -> ReceivedForm
     parser.finalize()
     if not collector.finished:
         raise InvalidFieldError("the multipart body ended before its closing boundary")
-    missing = [name for name in REQUIRED_FILE_FIELDS if name not in collector.form.files]
+    missing = [name for name in required if name not in collector.form.files]
     if missing:
         raise InvalidFieldError(
             f"{', '.join(missing)}: required (a {ACCEPTED_FORMATS} file in a multipart form part)"

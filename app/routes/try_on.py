@@ -56,7 +56,8 @@ async def wait_for_disconnect(request: Request) -> None:
 async def try_on(
     request: Request, worker: WorkerDep, intake: IntakeDep, cache: CacheDep
 ) -> Response:
-    """Multipart in (person_image, cloth_image, optional mask_image and options), JSON out."""
+    """Multipart in (person_image, cloth_image, optional mask_image, or their *_id fields naming
+    stored images, and options), JSON out."""
     timer = StageTimer()
     with worker.admission():  # loading, failed or full: 503 before reading megabytes
         # Receive (408/413/422 at once), the result cache, then 1. decode and 2. preprocess
@@ -71,17 +72,21 @@ async def try_on(
             prepared.stop_watching()
             return await respond(request, prepared.cached, prepared.options, timer, cached=True)
 
-    # 3. Infer (the worker): mask unless given -> pipeline -> image
+    job = prepared.job()
     hung_up = prepared.hung_up
     assert hung_up is not None
     try:
+        # 3. Infer (the worker): mask unless given -> pipeline -> image
         with timer("infer"):
-            outcome = await worker.run(prepared.job(), disconnected=lambda: hung_up)
+            outcome = await worker.run(job, disconnected=lambda: hung_up)
+
+        # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG; kept in the result cache
+        result = await encode_outcome(
+            outcome, prepared.options, timer, cache, prepared.cache_key, job=job
+        )
     finally:
         prepared.stop_watching()
-
-    # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG; kept in the result cache
-    result = await encode_outcome(outcome, prepared.options, timer, cache, prepared.cache_key)
+        prepared.release()  # its stored images may be evicted again
     return await respond(request, result, prepared.options, timer, cached=False)
 
 

@@ -6,6 +6,7 @@
 
 export const FINAL_STATES = new Set(["succeeded", "failed", "canceled"]);
 const JOBS_PATH = "/api/try-on/jobs";
+const IMAGES_PATH = "/api/try-on/images";
 const POLL_INTERVAL_MS = 1000;
 // Waiting for a busy GPU or loading models is automatic, but not forever on a forgotten tab.
 const MAX_AUTOMATIC_RETRIES = 20;
@@ -16,6 +17,7 @@ export class ApiError extends Error {
   constructor(status, body, retryAfterSeconds) {
     super(body.message || `The server answered HTTP ${status}.`);
     this.status = status;
+    this.code = body.error; // the stable error code, e.g. image_expired
     this.retryAfterSeconds = retryAfterSeconds;
   }
 }
@@ -74,21 +76,29 @@ export class TryOnClient {
    * `onRetry(error, seconds)` saying so. Returns the job document. */
   async submit(fields, { signal, onRetry }) {
     const idempotencyKey = newIdempotencyKey(); // a retried upload never makes a second job
+    const headers = { "Idempotency-Key": idempotencyKey };
+    return this.postRetrying(JOBS_PATH, { method: "POST", body: fields, headers, signal }, onRetry);
+  }
+
+  /** Store a photo once (POST /api/try-on/images), retried as `submit` is; returns its document,
+   * whose `imageId` later try-ons send as person_image_id instead of the file. */
+  async storeImage(file, { signal, onRetry }) {
+    const fields = new FormData();
+    fields.append("image", file);
+    return this.postRetrying(IMAGES_PATH, { method: "POST", body: fields, signal }, onRetry);
+  }
+
+  async postRetrying(url, options, onRetry) {
     for (let attempt = 0; ; attempt += 1) {
       try {
-        const response = await this.request(JOBS_PATH, {
-          method: "POST",
-          body: fields,
-          headers: { "Idempotency-Key": idempotencyKey },
-          signal,
-        });
+        const response = await this.request(url, options);
         return await response.json();
       } catch (error) {
         const retryable = error instanceof ApiError && error.retryAfterSeconds !== null;
         if (!retryable || attempt >= MAX_AUTOMATIC_RETRIES) throw error;
         const wait = Math.min(error.retryAfterSeconds, MAX_RETRY_WAIT_S);
         onRetry(error, wait);
-        await sleep(wait * 1000, signal);
+        await sleep(wait * 1000, options.signal);
       }
     }
   }

@@ -46,6 +46,11 @@ const run = {
 
 // ---- the API key (kept in this browser, sent as Authorization: Bearer) -------------------
 
+// The person photo, stored once (POST /api/try-on/images): later try-ons of the same photo send
+// its id, so changing only the garment uploads only the garment and the server reuses its mask.
+const storedPerson = { file: null, imageId: null };
+const FORGOTTEN_IMAGE = new Set(["image_not_found", "image_expired"]);
+
 let unstoredKey = ""; // where storage is disabled, the key lives as long as the page
 
 function storedKey() {
@@ -386,12 +391,13 @@ async function startTryOn(event) {
   run.waitingForKey = false;
   run.controller = new AbortController();
   const { signal } = run.controller;
-  const personUrl = URL.createObjectURL(fields.get("person_image"));
+  const person = fields.get("person_image");
+  const personUrl = URL.createObjectURL(person);
   const clothType = $("cloth-type").selectedOptions[0].textContent;
   const summary = `${clothType}, ${fields.get("num_inference_steps")} steps`;
   setRunning(true);
   try {
-    const job = await client.submit(fields, { signal, onRetry: showRetry });
+    const job = await submitWithStoredPerson(fields, person, signal);
     showMessage("", "");
     const final = await client.follow(job, {
       signal,
@@ -413,6 +419,39 @@ async function startTryOn(event) {
   } finally {
     hidePreview();
     setRunning(false);
+  }
+}
+
+/** The store's errors name its one part, `image`: here it is the person photo. */
+async function storePerson(person, signal) {
+  try {
+    return await client.storeImage(person, { signal, onRetry: showRetry });
+  } catch (error) {
+    if (error instanceof ApiError) {
+      error.message = error.message.replace(/^image\b/, "person_image");
+    }
+    throw error;
+  }
+}
+
+/** Submit with the person as person_image_id: stored first unless this very file already is;
+ * stored again once if the server forgot it (expired or evicted). */
+async function submitWithStoredPerson(fields, person, signal) {
+  fields.delete("person_image");
+  for (let attempt = 0; ; attempt += 1) {
+    if (storedPerson.file !== person || !storedPerson.imageId) {
+      const image = await storePerson(person, signal);
+      Object.assign(storedPerson, { file: person, imageId: image.imageId });
+    }
+    fields.set("person_image_id", storedPerson.imageId);
+    try {
+      return await client.submit(fields, { signal, onRetry: showRetry });
+    } catch (error) {
+      if (attempt > 0 || !(error instanceof ApiError) || !FORGOTTEN_IMAGE.has(error.code)) {
+        throw error;
+      }
+      storedPerson.imageId = null;
+    }
   }
 }
 

@@ -400,3 +400,31 @@ def test_key_prompt_when_the_server_answers_401(
         by_accessible_name(browser, "Show mask").click()  # the mask is fetched with the key too
         wait_until(browser, lambda d: image_loaded(d, "#mask-image"))
         screenshot(browser, screenshots, "key-accepted-phone")
+
+
+def test_changing_only_the_garment_sends_the_stored_person(demo_page: DemoPage) -> None:
+    """After a try-on the person photo stays stored: the next submission with another garment
+    sends person_image_id, never the person file again (the page's own requests, logged)."""
+    browser = demo_page.open(DESKTOP)
+    demo_page.choose("person", "12")
+    browser.execute_script(
+        """window.sentForms = [];
+        const original = window.fetch;
+        window.fetch = (url, options = {}) => {
+          if (options.body instanceof FormData) {
+            window.sentForms.push([String(url), [...options.body.keys()]]);
+          }
+          return original(url, options);
+        };"""
+    )
+    by_accessible_name(browser, "Try on").click()
+    wait_until(browser, lambda d: image_loaded(d, RESULT))
+    by_accessible_name(browser, "Garment photo").send_keys(str(demo_page.photos["person"]))
+    by_accessible_name(browser, "Try on").click()
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-list li")) == 1)
+    sent = browser.execute_script("return window.sentForms;")
+    stores = [keys for url, keys in sent if url.endswith("/api/try-on/images")]
+    jobs = [keys for url, keys in sent if url.endswith("/api/try-on/jobs")]
+    assert stores == [["image"]], sent  # the person, uploaded once
+    assert len(jobs) == 2 and all("person_image" not in keys for keys in jobs), sent
+    assert all("person_image_id" in keys and "cloth_image" in keys for keys in jobs), sent
