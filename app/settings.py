@@ -135,7 +135,8 @@ class Settings(BaseSettings):
     )
     rate_limit: str | None = Field(
         None,
-        description="try-ons per client in the limits notation, e.g. 30/minute;500/day; unset: off",
+        description="try-ons per client in the limits notation, e.g. '30/minute;500/day' "
+        "(in quotes: a shell ends the command at ;); unset: off",
     )
     max_active_per_client: int = Field(
         None,  # type: ignore[assignment]  # derived from max_queued_jobs (`derive_shares`)

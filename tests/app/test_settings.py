@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from app.access.limits import parse_rate_limit
 from app.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_match_the_contract() -> None:
@@ -62,3 +66,27 @@ def test_cors_origins_from_the_environment(
     """A plain origin in CATVTON_CORS_ORIGINS used to stop the server with a traceback."""
     monkeypatch.setenv("CATVTON_CORS_ORIGINS", value)
     assert Settings().cors_origins == origins
+
+
+# A rate limit of several items, as an example a person copies: unquoted, a shell ends the command
+# at the `;` (the server starts with the first item only and the shell runs "500/day").
+UNQUOTED_RATE_LIMIT = re.compile(r"(?<!['\"])\b\d+/[a-z]+;\d+/[a-z]+")
+
+
+def test_every_rate_limit_example_is_quoted_for_the_shell(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        CliApp.run(Settings, cli_args=["--help"])
+    usage = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    with pytest.raises(ValueError) as refused:
+        parse_rate_limit("30 a minute")
+    shown = {
+        "--help": usage,
+        "the error message": str(refused.value),
+        "README.md": (REPO_ROOT / "README.md").read_text(encoding="utf-8"),
+        "serve_config.yaml": (REPO_ROOT / "app/cluster/serve_config.yaml").read_text("utf-8"),
+    }
+    assert "'30/minute;500/day'" in usage
+    for where, text in shown.items():
+        assert UNQUOTED_RATE_LIMIT.findall(text) == [], where
