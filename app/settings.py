@@ -172,8 +172,9 @@ class Settings(BaseSettings):
     # -- shared state (Ray Serve deployment, app/cluster) ------------------------------------------
     redis_url: str | None = Field(
         None,
-        description="Redis for what replicas share (job records, idempotency keys, result cache, "
-        "rate limits), e.g. redis://127.0.0.1:6380/0; unset: in this process's memory",
+        description="Redis for the --rate-limit counters (they then outlast a restart and are "
+        "shared by the processes using it), e.g. redis://127.0.0.1:6380/0; unset: in this "
+        "process's memory. The cluster keeps its shared state there too (python -m app.cluster)",
     )
 
     @model_validator(mode="before")

@@ -90,3 +90,14 @@ def test_every_rate_limit_example_is_quoted_for_the_shell(
     assert "'30/minute;500/day'" in usage
     for where, text in shown.items():
         assert UNQUOTED_RATE_LIMIT.findall(text) == [], where
+
+
+def test_every_option_is_in_the_readme_configuration_table() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    missing = [
+        flag
+        for flag in (f"--{name.replace('_', '-')}" for name in Settings.model_fields)
+        if f"`{flag}`" not in table
+    ]
+    assert missing == []
