@@ -30,10 +30,11 @@ from starlette.requests import Request
 from starlette.routing import Match
 
 from app.edge.context import RequestContext
+from app.edge.errors import HTTP_METHODS
 from app.inference.contract import Worker
 
 UNMATCHED_ROUTE = "unmatched"
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+KNOWN_METHODS = frozenset(HTTP_METHODS)
 INFERENCE_OUTCOMES = ("ok", "out_of_memory", "canceled", "error")
 CACHE_RESULTS = ("hit", "miss")
 # Error codes that mean "refused by policy or capacity", not "bad input": catvton_rejected_total.
