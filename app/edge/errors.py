@@ -103,6 +103,14 @@ class UnsupportedImageError(ServiceError):
     code = "unsupported_image"
 
 
+class ImageTooSmallError(ServiceError):
+    """An image too small for the models to use (app.media.decoding.MIN_IMAGE_SIDE): a 1x1 photo was
+    accepted and "tried on" before."""
+
+    status_code = 422
+    code = "image_too_small"
+
+
 class PayloadTooLargeError(ServiceError):
     status_code = 413
     code = "payload_too_large"
@@ -265,7 +273,8 @@ ERROR_DESCRIPTIONS = {
     413: "an upload over the byte cap or the pixel cap",
     415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
     429: "over the rate limit, the per-client active requests or event streams (Retry-After)",
-    422: "a missing field, a malformed form or a value out of range",
+    422: "a missing field, a malformed form or a value out of range; an image too small to use "
+    "(image_too_small)",
     500: "an unexpected error (details in the server log)",
     503: "models loading or failed to load, GPU busy (Retry-After), GPU out of memory",
 }
