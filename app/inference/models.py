@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+from torch import get_num_threads
 
 from app.inference.contract import TryOnJob, TryOnOutcome
 from app.settings import Settings
@@ -139,7 +140,17 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     )
     resolved = sources.resolve(require_masker=True)  # every missing file named before any load
     progress("loading the diffusion pipeline")
-    pipeline = load_pipeline(resolved, device=settings.device, dtype=settings.dtype, size=size)
+    # Here, on the thread that runs the models: OpenMP keeps the thread count per thread.
+    pipeline = load_pipeline(
+        resolved,
+        device=settings.device,
+        dtype=settings.dtype,
+        size=size,
+        num_threads=settings.intra_op_threads,
+    )
+    logger.info(
+        "torch intra-op threads: %d (--torch-threads %s)", get_num_threads(), settings.torch_threads
+    )
     progress("loading the AutoMasker")
     masker = load_automasker(
         resolved.catvton_dir,

@@ -101,3 +101,26 @@ def test_every_option_is_in_the_readme_configuration_table() -> None:
         if f"`{flag}`" not in table
     ]
     assert missing == []
+
+
+def test_torch_threads_is_auto_or_a_positive_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().torch_threads == "auto"
+    assert CliApp.run(Settings, cli_args=["--torch-threads", "3"]).torch_threads == 3
+    monkeypatch.setenv("CATVTON_TORCH_THREADS", "2")
+    assert Settings().torch_threads == 2
+    for bad in ("0", "-1", "many", "1.5"):
+        with pytest.raises(ValidationError, match="torch_threads"):
+            Settings(torch_threads=bad)
+
+
+@pytest.mark.parametrize(
+    ("options", "threads"),
+    [
+        ({}, None),  # a real model: torch's default
+        ({"demo": True}, 1),  # the tiny networks: one thread
+        ({"demo": True, "torch_threads": 4}, 4),  # a number always wins
+        ({"torch_threads": 2}, 2),
+    ],
+)
+def test_torch_threads_auto_means_one_in_demo_mode_only(options: dict, threads: int | None) -> None:
+    assert Settings(**options).intra_op_threads == threads
