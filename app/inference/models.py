@@ -25,7 +25,7 @@ from app.settings import Settings
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.errors import InferenceCanceledError
 from catvton.loading import default_size
-from catvton.masking import AutoMasker, load_automasker
+from catvton.masking import AutoMasker, load_automasker, with_figure_masks
 from catvton.pipeline import StepCallback
 from catvton.tiny import TINY_SIZE, write_tiny_weights
 
@@ -157,6 +157,8 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
         device=settings.masker_device or pipeline.device,
         dtype=settings.masker_dtype,
     )
+    if settings.demo:  # random label maps make no readable mask: draw it from a standing figure
+        masker = with_figure_masks(masker)
     models = Models(pipeline=pipeline, masker=masker, answer_size=answer_size)
     if settings.warm_up == "on" or (settings.warm_up == "auto" and pipeline.device.type == "cuda"):
         progress("warming up")
