@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sys
 from typing import TypedDict, TypeVar
 
@@ -67,6 +69,30 @@ def parse_settings(
         raise SystemExit(f"{prog}: {exc}") from None
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything starts; exit STARTUP_FAILURE saying why not.
+
+    Bound here rather than by uvicorn: uvicorn binds after the lifespan has started the model
+    load, so its "address already in use" line came before a screen of loading lines and the
+    reason was lost in them. Now nothing starts and the reason is the last line.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn's own bind
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fix = (
+            "another server is listening there: stop it, or pick another --port"
+            if exc.errno == errno.EADDRINUSE
+            else "check --host and --port"
+        )
+        logger.error("cannot listen on %s:%d: %s; %s", host, port, exc.strerror, fix)
+        raise SystemExit(STARTUP_FAILURE) from None
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(Settings, argv)
     try:
@@ -80,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("The API behaves as in production, but every result image is noise.")
         logger.warning("=" * 72)
     warn_if_open(settings.host, keys_configured=settings.api_keys_file is not None)
+    sock = listening_socket(settings.host, settings.port)
     logger.info("listening on http://%s:%d (docs at /docs)", settings.host, settings.port)
     config = uvicorn.Config(
         app,
@@ -91,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         **server_options(settings),
     )
     server = DrainingServer(config, app.state.worker, drain_timeout=settings.drain_timeout)
-    server.run()
-    if not server.started:  # the port was taken, or the lifespan failed: uvicorn said why
+    server.run(sockets=[sock])
+    if not server.started:  # the lifespan failed: uvicorn said why
         raise SystemExit(STARTUP_FAILURE)
     exit_after_serving(app.state.worker)
 

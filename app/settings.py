@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.access.limits import parse_rate_limit
@@ -19,6 +19,9 @@ from catvton.pipeline import parse_size
 from catvton.previews import DEFAULT_PREVIEW_EVERY
 
 MEBIBYTE = 1024 * 1024
+# The demo's tiny networks are overhead-bound: one intra-op thread runs a step as fast as a team
+# alone, and stays that fast beside other CPU work where the team slowed down up to 80x.
+DEMO_TORCH_THREADS = 1
 
 
 class Settings(BaseSettings):
@@ -56,6 +59,12 @@ class Settings(BaseSettings):
         None,
         description="working size WIDTHxHEIGHT, multiples of 8; "
         "unset: 768x1024 (384x512 for the *-16k-512 weights)",
+    )
+    torch_threads: Literal["auto"] | PositiveInt = Field(
+        "auto",
+        description="torch's intra-op threads for the models; auto: 1 with --demo (the tiny "
+        "networks gain nothing from more, and a spinning thread team is many times slower beside "
+        "any other CPU work: scripts/benchmark_threads.py), else torch's default (one a core)",
     )
     masker_device: str | None = Field(None, description="AutoMasker device; unset: as --device")
     masker_dtype: Literal["fp16", "bf16", "fp32"] = Field(
@@ -149,7 +158,8 @@ class Settings(BaseSettings):
     )
     rate_limit: str | None = Field(
         None,
-        description="try-ons per client in the limits notation, e.g. 30/minute;500/day; unset: off",
+        description="try-ons per client in the limits notation, e.g. '30/minute;500/day' "
+        "(in quotes: a shell ends the command at ;); unset: off",
     )
     max_active_per_client: int = Field(
         None,  # type: ignore[assignment]  # derived from max_queued_jobs (`derive_shares`)
@@ -185,8 +195,9 @@ class Settings(BaseSettings):
     # -- shared state (Ray Serve deployment, app/cluster) ------------------------------------------
     redis_url: str | None = Field(
         None,
-        description="Redis for what replicas share (job records, idempotency keys, result cache, "
-        "rate limits), e.g. redis://127.0.0.1:6380/0; unset: in this process's memory",
+        description="Redis for the --rate-limit counters (they then outlast a restart and are "
+        "shared by the processes using it), e.g. redis://127.0.0.1:6380/0; unset: in this "
+        "process's memory. The cluster keeps its shared state there too (python -m app.cluster)",
     )
 
     @model_validator(mode="before")
@@ -231,6 +242,13 @@ class Settings(BaseSettings):
     def working_size(self) -> tuple[int, int] | None:
         """`size` as (width, height), or None to let the pipeline pick its trained size."""
         return None if self.size is None else parse_size(self.size)
+
+    @property
+    def intra_op_threads(self) -> int | None:
+        """`torch_threads` resolved: a count, or None to leave torch's default."""
+        if self.torch_threads != "auto":
+            return self.torch_threads
+        return DEMO_TORCH_THREADS if self.demo else None
 
     @property
     def max_upload_bytes(self) -> int:

@@ -55,8 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# What --help prints: plain text, since argparse shows the module docstring's markup as it is.
+DESCRIPTION = (
+    "The CatVTON model library's command line: fetch the published weights, write tiny test "
+    "weights, dress a person in a garment, or compute a try-on mask."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m catvton", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m catvton", description=DESCRIPTION)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     download = commands.add_parser("download", help="fetch the published weights from the hub")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from catvton.attention import load_self_attention_weights, use_pass_through_cross_attention
 from catvton.devices import choose_device, choose_dtype
-from catvton.errors import CheckpointMismatchError
+from catvton.errors import CheckpointMismatchError, InvalidInputError
 from catvton.pipeline import DEFAULT_SIZE, CatVTONPipeline
 from catvton.weights import ResolvedWeights
 
@@ -46,15 +46,17 @@ def load_pipeline(
     size: tuple[int, int] | None = None,
     *,
     compile_unet: bool = False,
+    num_threads: int | None = None,
 ) -> CatVTONPipeline:
     """Build the CatVTON pipeline from resolved weight files.
 
     ``size`` (W, H) defaults to the attention version's training size. ``compile_unet`` wraps the
     UNet in ``torch.compile`` (off by default: the first calls then take minutes, and each new
-    working size recompiles). Raises CheckpointMismatchError when a file does not fit its network.
+    working size recompiles). ``num_threads``: see ``prepare_device``. Raises
+    CheckpointMismatchError when a file does not fit its network.
     """
     # 1. Device, dtype and torch flags.
-    device, dtype = prepare_device(device, dtype)
+    device, dtype = prepare_device(device, dtype, num_threads)
 
     # 2. Read every file: UNet, try-on attention weights, VAE, scheduler config (DDIM reads the
     #    base repo's PNDM config fields).
@@ -84,15 +86,24 @@ def load_pipeline(
 
 
 def prepare_device(
-    device: str | torch.device | None, dtype: str | torch.dtype | None
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    num_threads: int | None = None,
 ) -> tuple[torch.device, torch.dtype]:
     """Choose the device and dtype, and set torch's global flags for them: the only place that does.
 
     On CUDA, TF32 matmuls and convolutions are allowed (fp32 work runs on tensor cores, as the
-    reference does); nothing else is changed.
+    reference does). ``num_threads`` sets torch's intra-op threads (None: torch's default, one a
+    core); call this on the thread that will run the models, since OpenMP keeps the count per
+    thread and a thread that already ran a parallel operation keeps its own. Nothing else is
+    changed.
     """
     device = choose_device(device)
     dtype = choose_dtype(dtype, device)
+    if num_threads is not None:
+        if num_threads < 1:
+            raise InvalidInputError(f"num_threads must be 1 or more; got {num_threads}")
+        torch.set_num_threads(num_threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

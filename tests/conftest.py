@@ -12,8 +12,8 @@ from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.tiny import TINY_SIZE, write_tiny_weights
 
 # The tiny networks are overhead-bound: a second intra-op thread gains nothing, and on a shared
-# 2-core machine spinning OpenMP threads made runs up to 40x slower. Tests only: the library sets no
-# thread count.
+# 2-core machine spinning OpenMP threads made runs up to 40x slower. The tests load the tiny
+# weights outside demo mode, so `--torch-threads auto` (app.settings) leaves the count to them.
 torch.set_num_threads(1)
 
 

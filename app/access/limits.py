@@ -3,7 +3,7 @@
 Both apply to the routes that create GPU work (`WORK_ROUTES`), per `client_id` (the key's name, or
 the IP when keys are off), before the upload is read:
 
-- `--rate-limit` (the `limits` library's notation, e.g. `30/minute;500/day`): a fixed window per
+- `--rate-limit` (the `limits` library's notation, e.g. `'30/minute;500/day'`): a fixed window per
   client and item, opened by the client's first request in it. Every answer of a work route
   carries the IETF `RateLimit-Policy` and `RateLimit` fields; past the limit, 429 `rate_limited`
   with `Retry-After` (when the window closes). Fixed rather than moving: a moving window's
@@ -63,7 +63,7 @@ def parse_rate_limit(text: str) -> list[RateLimitItem]:
     except ValueError:
         raise ValueError(
             f"--rate-limit {text!r} is not in the limits notation: AMOUNT/PERIOD items joined by "
-            "';', e.g. 30/minute;500/day (periods: second, minute, hour, day, month, year)"
+            "';', e.g. '30/minute;500/day' (periods: second, minute, hour, day, month, year)"
         ) from None
     if any(item.amount < 1 for item in items):
         raise ValueError(f"--rate-limit {text!r}: an amount of 0 would refuse every request")

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from app.edge.context import request_context
@@ -24,6 +25,9 @@ from app.edge.schemas import ErrorResponse
 from catvton.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
+
+# The methods a route can serve, in the order an Allow header lists them (CONNECT and TRACE never).
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 class ServiceError(Exception):
@@ -97,6 +101,14 @@ class InvalidFieldError(ServiceError):
 class UnsupportedImageError(ServiceError):
     status_code = 415
     code = "unsupported_image"
+
+
+class ImageTooSmallError(ServiceError):
+    """An image too small for the models to use (app.media.decoding.MIN_IMAGE_SIDE): a 1x1 photo was
+    accepted and "tried on" before."""
+
+    status_code = 422
+    code = "image_too_small"
 
 
 class PayloadTooLargeError(ServiceError):
@@ -292,7 +304,8 @@ ERROR_DESCRIPTIONS = {
     413: "an upload over the byte cap or the pixel cap",
     415: "a file that is not a decodable JPEG, PNG, WebP or HEIC image",
     429: "over the rate limit, the per-client active requests or event streams (Retry-After)",
-    422: "a missing field, a malformed form or a value out of range",
+    422: "a missing field, a malformed form or a value out of range; an image too small to use "
+    "(image_too_small)",
     500: "an unexpected error (details in the server log)",
     503: "models loading or failed to load, GPU busy (Retry-After), GPU out of memory",
 }
@@ -369,8 +382,26 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, StarletteHTTPException)
     code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
     response = error_response(request, exc.status_code, code, str(exc.detail))
-    response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+    response.headers.update(exc.headers or {})
+    if "Allow" in response.headers:  # a route's 405 (StaticFiles' own sends none)
+        response.headers["Allow"] = allowed_methods(request)
     return response
+
+
+def allowed_methods(request: Request) -> str:
+    """The Allow header of a 405: every method some route serves at this path.
+
+    Starlette's 405 names the methods of the first route whose path matched, so a path served by
+    two routes (a job's GET and its DELETE) answered `Allow: GET`. The router itself is
+    asked, once per method, so routes of included routers count as they match.
+    """
+    routes = request.app.router.routes
+
+    def served(method: str) -> bool:
+        asked = {**request.scope, "method": method}
+        return any(route.matches(asked)[0] is Match.FULL for route in routes)
+
+    return ", ".join(filter(served, HTTP_METHODS))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+from torch import get_num_threads
 
 from app.inference.contract import TryOnJob, TryOnOutcome
 from app.settings import Settings
 from catvton import CatVTONPipeline, WeightSources, load_pipeline
 from catvton.errors import InferenceCanceledError
 from catvton.loading import default_size
-from catvton.masking import AutoMasker, load_automasker
+from catvton.masking import AutoMasker, load_automasker, with_figure_masks
 from catvton.pipeline import StepCallback
 from catvton.tiny import TINY_SIZE, write_tiny_weights
 
@@ -145,13 +146,25 @@ def load_models(settings: Settings, progress: ProgressCallback) -> Models:
     )
     resolved = sources.resolve(require_masker=True)  # every missing file named before any load
     progress("loading the diffusion pipeline")
-    pipeline = load_pipeline(resolved, device=settings.device, dtype=settings.dtype, size=size)
+    # Here, on the thread that runs the models: OpenMP keeps the thread count per thread.
+    pipeline = load_pipeline(
+        resolved,
+        device=settings.device,
+        dtype=settings.dtype,
+        size=size,
+        num_threads=settings.intra_op_threads,
+    )
+    logger.info(
+        "torch intra-op threads: %d (--torch-threads %s)", get_num_threads(), settings.torch_threads
+    )
     progress("loading the AutoMasker")
     masker = load_automasker(
         resolved.catvton_dir,
         device=settings.masker_device or pipeline.device,
         dtype=settings.masker_dtype,
     )
+    if settings.demo:  # random label maps make no readable mask: draw it from a standing figure
+        masker = with_figure_masks(masker)
     models = Models(pipeline=pipeline, masker=masker, answer_size=answer_size)
     if settings.warm_up == "on" or (settings.warm_up == "auto" and pipeline.device.type == "cuda"):
         progress("warming up")

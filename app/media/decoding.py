@@ -7,6 +7,7 @@ What a hostile file could make a decode cost is bounded before it starts, from t
   (415 past `max_jpeg_scans`, or past JPEG_SCAN_PASSES passes over the largest allowed image);
 - memory: `decode_cost` counts the bytes a decode holds at its peak (decoded pixels at their
   depth, a progressive JPEG's coefficients), so the intake can keep the sum under a budget.
+The header also shows an image too small to use (MIN_IMAGE_SIDE, 422): refused before decoding.
 
 After decoding, a large image is converted and shrunk band by band (never a whole-image copy):
 a 40-megapixel RGBA photo is 160 MB decoded, and each whole-image conversion copied it again.
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 import pillow_heif
 from PIL import ExifTags, Image, ImageOps
 
-from app.edge.errors import PayloadTooLargeError, UnsupportedImageError
+from app.edge.errors import ImageTooSmallError, PayloadTooLargeError, UnsupportedImageError
 from app.media.uploads import ACCEPTED_FORMATS, Upload
 from catvton.preprocess import to_rgb
 
@@ -41,6 +42,14 @@ JPEG_SCAN_PASSES = 15
 # panorama loses resolution rather than keep 160 MB until it is fitted).
 KEPT_WORKING_SIZES = 8
 BAND_BYTES = 8 * 1024 * 1024  # conversion works on bands of rows of about this size
+# The least either side of a photo, garment or mask may have (422 image_too_small below it). A floor
+# against images that hold nothing for the models, not a quality bar: 64 px is the smallest image
+# SD-1.5 runs at its own size (the VAE makes it 8x8 latents, which the UNet's three downsamplings
+# take to 1x1); anything smaller is less than one cell of the network's coarsest grid, blown up to
+# the working size (a 1x1 photo was "tried on" as a flat colour). A fixed number rather than a
+# fraction of --size: the demo, whose tiny model runs at 96x128, refuses exactly what production
+# refuses, and an app can check it before uploading.
+MIN_IMAGE_SIDE = 64
 # Pillow stores 1 byte a pixel for these modes, 2 for 16-bit grey, 4 for every other mode.
 ONE_BYTE_MODES = {"1", "L", "P"}
 
@@ -69,17 +78,19 @@ def decode_cost(
 
     Cheap (headers and a byte count, no pixel decoding): the intake runs it for every file of a
     request before any decode starts, so a bad second file costs no first decode. Raises what
-    `decode_image` raises for a bad header.
+    `decode_image` raises for a bad header, and ImageTooSmallError under MIN_IMAGE_SIDE.
     """
     with _naming_errors(upload, max_pixels) as image_format:
         if image_format == "HEIF":
             heif_file = pillow_heif.open_heif(io.BytesIO(upload.data), convert_hdr_to_8bit=True)
             _check_pixels(upload.field, heif_file.size, max_pixels)
+            _check_min_side(upload.field, heif_file.size)
             width, height = heif_file.size
             return 2 * 4 * width * height + _kept_bytes(
                 heif_file.size, size
             )  # decoded + Pillow copy
         image = _open(upload, image_format, max_pixels, max_jpeg_scans)
+        _check_min_side(upload.field, image.size)
         full_width, full_height = image.size
         coefficients = 0
         if image.info.get("progressive"):
@@ -134,7 +145,7 @@ def _naming_errors(upload: Upload, max_pixels: int) -> Iterator[str]:
         )
     try:
         yield image_format
-    except (PayloadTooLargeError, UnsupportedImageError, MemoryError):
+    except (ImageTooSmallError, PayloadTooLargeError, UnsupportedImageError, MemoryError):
         raise
     except Image.DecompressionBombError as exc:
         raise PayloadTooLargeError(
@@ -175,6 +186,15 @@ def _check_pixels(name: str, image_size: tuple[int, int], max_pixels: int) -> No
         raise PayloadTooLargeError(
             f"{name} is {width}x{height} = {width * height / 1e6:.0f} megapixels, "
             f"over the cap of {max_pixels / 1e6:g} megapixels"
+        )
+
+
+def _check_min_side(name: str, image_size: tuple[int, int]) -> None:
+    width, height = image_size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageTooSmallError(
+            f"{name} is {width}x{height} pixels: too small to try on; images need at least "
+            f"{MIN_IMAGE_SIDE} pixels on each side (a photo, not a thumbnail or an icon)"
         )
 
 

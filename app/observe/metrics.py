@@ -21,7 +21,7 @@ Hooks for the other concerns:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -30,11 +30,14 @@ from starlette.requests import Request
 from starlette.routing import Match
 
 from app.edge.context import RequestContext
+from app.edge.errors import HTTP_METHODS
 from app.inference.contract import Worker
+from app.jobs.records import JobStatus
 
 UNMATCHED_ROUTE = "unmatched"
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+KNOWN_METHODS = frozenset(HTTP_METHODS)
 INFERENCE_OUTCOMES = ("ok", "out_of_memory", "canceled", "error")
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 CACHE_RESULTS = ("hit", "miss")
 # Error codes that mean "refused by policy or capacity", not "bad input": catvton_rejected_total.
 REJECTION_REASONS = (
@@ -136,6 +139,8 @@ class ServiceMetrics:
             self.inferences.labels(outcome)
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
+        for status in JOB_STATUSES:
+            self.jobs.labels(status)
         self._job_counts: JobCounts | None = None
         self.registry.register(_WorkerStateCollector(worker))
 
@@ -147,9 +152,8 @@ class ServiceMetrics:
         """Read what only an await can read (the job store) before a scrape renders."""
         if self._job_counts is not None:
             counts = await self._job_counts()
-            self.jobs.clear()  # a status no job has any more goes, not stuck at its last value
-            for status, count in counts.items():
-                self.jobs.labels(status).set(count)
+            for status in JOB_STATUSES:  # a status no job has any more reads 0
+                self.jobs.labels(status).set(counts.get(status, 0))
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, context: RequestContext

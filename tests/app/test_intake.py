@@ -15,8 +15,13 @@ from http_helpers import heic_bytes, multipart, try_on_parts
 from PIL import Image
 from starlette.requests import Request
 
-from app.edge.errors import InvalidFieldError, PayloadTooLargeError, UnsupportedImageError
-from app.media.decoding import decode_image, sniff_format
+from app.edge.errors import (
+    ImageTooSmallError,
+    InvalidFieldError,
+    PayloadTooLargeError,
+    UnsupportedImageError,
+)
+from app.media.decoding import decode_cost, decode_image, sniff_format
 from app.media.uploads import Upload, UploadLimits, receive_upload
 from app.settings import Settings
 
@@ -121,6 +126,19 @@ def test_heic_pixel_cap_uses_the_header() -> None:
     data = heic_bytes(photo((64, 64)))
     with pytest.raises(PayloadTooLargeError, match="megapixels"):
         decode_image(Upload("person_image", data), size=SIZE, **{**LIMITS, "max_pixels": 1000})
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP", "HEIF"])
+def test_an_image_under_64_pixels_on_a_side_is_refused_from_its_header(image_format: str) -> None:
+    def cost(size: tuple[int, int]) -> int:
+        image = photo(size)
+        data = heic_bytes(image) if image_format == "HEIF" else encode(image, image_format)
+        return decode_cost(Upload("cloth_image", data), size=SIZE, **LIMITS)
+
+    assert cost((64, 64)) > 0
+    with pytest.raises(ImageTooSmallError, match="cloth_image is 300x63 pixels") as caught:
+        cost((300, 63))
+    assert (caught.value.status_code, caught.value.code) == (422, "image_too_small")
 
 
 def test_exif_orientation_is_applied() -> None:

@@ -128,6 +128,19 @@ def test_unknown_and_malformed_job_ids_get_404(served_jobs: tuple[str, Inference
             assert_envelope(response, 404, "job_not_found", "No such job")
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "OPTIONS"])
+def test_a_wrong_method_on_a_job_lists_every_method_served_there(
+    served_jobs: tuple[str, InferenceWorker], method: str
+) -> None:
+    """The job's path serves GET and DELETE; Allow used to name only the GET route's methods."""
+    base_url, _ = served_jobs
+    response = httpx.request(method, f"{base_url}{JOBS}/{'A' * 22}", timeout=10)
+    assert_envelope(response, 405, "http_405", "Method Not Allowed")
+    assert response.headers["Allow"] == "DELETE, GET"
+    submit_path = httpx.request(method, f"{base_url}{JOBS}", timeout=10)
+    assert submit_path.headers["Allow"] == "POST"
+
+
 def test_a_deleted_job_is_forgotten_and_its_result_not_before_it_exists(
     served_jobs: tuple[str, InferenceWorker],
 ) -> None:

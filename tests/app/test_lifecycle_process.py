@@ -5,8 +5,12 @@ Inferences are made long by asking for more steps on the tiny model, never by sl
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from http_helpers import FAST, assert_envelope, post_try_on, try_on_parts, wait_for_health
-from process_helpers import app_process
+from process_helpers import REPO_ROOT, app_process
 
 from app.edge.lifecycle import RESPONSE_GRACE_S
 
@@ -119,3 +123,26 @@ def test_sigterm_while_the_models_load_exits_0_at_once(tiny_weights: Path) -> No
         server.signal(signal.SIGTERM)
         assert server.wait_for_exit(30) == 0, server.output()
     assert status in ("loading", "ok")
+
+
+def test_a_port_in_use_is_the_last_line_printed_and_nothing_loads(tmp_path: Path) -> None:
+    """The "address already in use" line used to be followed by the model-loading lines."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        demo_dir = tmp_path / "demo-weights"
+        command = [sys.executable, "-m", "app", "--demo", "--demo-dir", str(demo_dir)]
+        finished = subprocess.run(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    lines = (finished.stdout + finished.stderr).strip().splitlines()
+    assert finished.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in lines[-1], lines
+    assert "--port" in lines[-1]
+    assert not demo_dir.exists()  # the demo weights were never written: nothing started

@@ -142,6 +142,18 @@ def test_draining_answers_health_503_and_counts_the_refused_try_on(tiny_weights:
         assert changed[requests_key("/api/try-on", "POST", 503)] == 1
 
 
+def test_every_job_status_has_a_series_at_0_right_after_the_start(tiny_weights: Path) -> None:
+    """Known label values start at 0: before the first job there used to be no catvton_jobs."""
+    with serve(tiny_settings(tiny_weights)) as base_url:
+        samples = scrape(base_url)  # at once: the models may still be loading
+    jobs = {
+        dict(labels)["status"]: value
+        for (name, labels), value in samples.items()
+        if name == "catvton_jobs"
+    }
+    assert jobs == dict.fromkeys(("queued", "running", "succeeded", "failed", "canceled"), 0)
+
+
 def test_job_counts_are_read_at_each_scrape_once_a_store_is_watched() -> None:
     """The hook the job routes use: an async `{status: count}` (the store may be Redis)."""
     metrics = ServiceMetrics(InferenceWorker.from_settings(Settings()))
@@ -155,7 +167,7 @@ def test_job_counts_are_read_at_each_scrape_once_a_store_is_watched() -> None:
     assert metrics.registry.get_sample_value("catvton_jobs", {"status": "queued"}) == 2
     counts.pop("queued")
     asyncio.run(metrics.refresh())
-    assert metrics.registry.get_sample_value("catvton_jobs", {"status": "queued"}) is None
+    assert metrics.registry.get_sample_value("catvton_jobs", {"status": "queued"}) == 0
     assert metrics.registry.get_sample_value("catvton_jobs", {"status": "running"}) == 1
 
 

@@ -16,6 +16,7 @@ from http_helpers import (
     TINY_SIZE,
     assert_envelope,
     image_bytes,
+    post_parts,
     post_try_on,
     try_on_parts,
 )
@@ -97,6 +98,32 @@ def test_a_mask_of_another_shape_than_the_person_gets_422(tiny_server: str) -> N
     Image.new("L", (100, 100), 255).save(buffer, format="PNG")
     parts = [*try_on_parts(**FAST), ("mask_image", buffer.getvalue(), "mask.png", "image/png")]
     assert_envelope(post_try_on(tiny_server, parts), 422, "invalid_field", "mask_image (100x100)")
+
+
+def png_bytes(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, 200).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("path", ["/api/try-on", "/api/try-on/jobs"])
+@pytest.mark.parametrize(
+    ("field", "image"),
+    [
+        ("person_image", image_bytes((1, 1))),  # was "tried on"
+        ("cloth_image", png_bytes((63, 200))),
+        ("mask_image", png_bytes((48, 64), "L")),  # the person's aspect ratio: placeable
+    ],
+    ids=["person-1x1", "cloth-63x200", "mask-48x64"],
+)
+def test_an_image_too_small_to_use_gets_422_naming_the_field_and_the_minimum(
+    tiny_server: str, path: str, field: str, image: bytes
+) -> None:
+    parts = [part for part in try_on_parts(**FAST) if part[0] != field]
+    parts.append((field, image, "small.png", None))
+    response = post_parts(f"{tiny_server}{path}", parts)
+    body = assert_envelope(response, 422, "image_too_small", f"{field} is ")
+    assert "at least 64 pixels on each side" in body["message"]
 
 
 def _valid_files() -> list:

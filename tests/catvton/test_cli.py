@@ -217,3 +217,14 @@ def test_size_not_a_positive_multiple_of_8_is_refused_before_loading(size, capsy
         main(["mask", "--person", "p.jpg", "--cloth-type", "upper", f"--size={size}", "--out", "m"])
     assert exit_info.value.code == 2
     assert "multiples of 8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["download"], ["make-tiny-weights"], ["tryon"], ["mask"]])
+def test_help_is_plain_text_without_markup(command: list[str], capsys) -> None:
+    """--help used to print the module docstring's reStructuredText (double backticks) as it is."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert "python -m catvton" in usage
+    assert "`" not in usage

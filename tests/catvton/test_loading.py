@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from catvton import CheckpointMismatchError, InvalidInputError, WeightSources, load_pipeline
 from catvton.attention import attention_key_scheme
 from catvton.devices import choose_device, choose_dtype
-from catvton.loading import default_size
+from catvton.loading import default_size, prepare_device
 
 REGISTER_PARAMETER = torch.nn.Module.register_parameter  # before any load could swap it
 
@@ -143,3 +143,8 @@ def test_loads_in_parallel_threads_leave_torch_as_they_found_it(tiny_weights: Pa
     assert all(pipeline.unet.device.type == "cpu" for pipeline in loaded)
     assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
     assert torch.nn.Module.register_parameter is REGISTER_PARAMETER
+
+
+def test_a_thread_count_below_1_is_refused_naming_it() -> None:
+    with pytest.raises(InvalidInputError, match="num_threads must be 1 or more; got 0"):
+        prepare_device("cpu", "fp32", num_threads=0)

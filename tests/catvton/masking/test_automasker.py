@@ -12,11 +12,17 @@ import torch
 from PIL import Image
 
 from catvton.errors import InvalidInputError
-from catvton.masking import AutoMasker, MaskResult, load_automasker, save_debug_maps
+from catvton.masking import (
+    AutoMasker,
+    MaskResult,
+    load_automasker,
+    save_debug_maps,
+    with_figure_masks,
+)
 from catvton.masking.automasker import ATR_INPUT_SIZE, DENSEPOSE_FILE, choose_masker_dtype
 from catvton.masking.checkpoints import read_detectron2_pkl
 from catvton.masking.schp import SCHP_MEAN_BGR, SCHP_STD_BGR, _square_warp, parse_human
-from catvton.masking.tiny import save_detectron2_pkl
+from catvton.masking.tiny import save_detectron2_pkl, standing_figure
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +186,20 @@ def test_cuda_masker_agrees_with_the_cpu(
     half = fp16(person_image, "upper")
     assert half.mask.size == result.mask.size
     assert half.lip.shape == result.lip.shape
+
+
+def test_figure_masks_put_each_cloth_type_on_its_part_of_a_standing_figure(
+    tiny_masker: AutoMasker, person_image: Image.Image
+) -> None:
+    """What demo mode uses: the tiny networks still run, the mask comes from a drawn figure."""
+    masker = with_figure_masks(tiny_masker)
+    rows = {}
+    for cloth_type in ("upper", "lower", "overall"):
+        result = masker(person_image, cloth_type)
+        assert result.mask.size == person_image.size
+        assert (result.densepose == standing_figure(person_image.size)).all()
+        white = np.asarray(result.mask) == 255
+        rows[cloth_type] = np.nonzero(white.any(axis=1))[0]
+    upper, lower, overall = rows["upper"], rows["lower"], rows["overall"]
+    assert upper.max() < lower.max() and upper.min() < lower.min()  # the top above the legs
+    assert overall.min() <= upper.min() and overall.max() >= lower.max() - 1  # both
