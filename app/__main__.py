@@ -15,7 +15,7 @@ from uvicorn.server import STARTUP_FAILURE
 
 from app.access.guard import warn_if_open
 from app.access.keys import KeysFileError
-from app.edge.errors import describe_validation_errors
+from app.edge.envelope import describe_validation_errors
 from app.edge.lifecycle import DrainingServer, exit_after_serving
 from app.main import create_app
 from app.observe.logs import configure_logging

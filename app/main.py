@@ -22,7 +22,7 @@ from app.access.limits import (
     parse_rate_limit,
 )
 from app.cache.results import InMemoryResultCache, ResultCache
-from app.edge.errors import error_responses, install_error_handlers
+from app.edge.envelope import error_responses, install_error_handlers
 from app.edge.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.images import routes as images_routes
 from app.images.store import ImageStore, InMemoryImageStore

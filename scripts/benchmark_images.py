@@ -27,9 +27,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 
-from benchmark_jobs import machine  # noqa: E402
 from benchmark_service import jpeg_bytes, synthetic_photo  # noqa: E402
 from http_helpers import multipart, serve, wait_until_ready  # noqa: E402
+from machine import describe_machine  # noqa: E402
 
 from app.settings import Settings  # noqa: E402
 
@@ -80,7 +80,7 @@ def sent_per_try_on(client: Client, try_on: list) -> list[int]:
 
 
 def main() -> None:
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     started = time.perf_counter()
     person = jpeg_bytes(synthetic_photo(PHOTO_SIZE, seed=1))
     garments = [jpeg_bytes(synthetic_photo(PHOTO_SIZE, seed=10 + i)) for i in range(GARMENTS)]

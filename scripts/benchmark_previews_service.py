@@ -29,9 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 
-from benchmark_jobs import machine, parts_of, percentile, post  # noqa: E402
+from benchmark_jobs import parts_of, percentile, post  # noqa: E402
 from benchmark_service import jpeg_bytes, synthetic_photo  # noqa: E402
 from http_helpers import serve, tiny_settings, wait_until_ready  # noqa: E402
+from machine import describe_machine  # noqa: E402
 
 from app.inference.models import load_models  # noqa: E402
 from app.inference.worker import InferenceWorker  # noqa: E402
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--preview-every", type=int, default=1, help="1: every step is measured")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the tiny networks gain nothing from more; the server needs a core
-    print(machine())
+    print(describe_machine())
     folder = Path(tempfile.mkdtemp(prefix="catvton-bench-"))
     weights_dir = write_tiny_weights(folder / "weights")
     # The demo server (answers upscaled to 768x1024), loading the tiny weights written above.

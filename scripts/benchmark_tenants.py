@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
@@ -41,17 +41,6 @@ from catvton.tiny import write_tiny_weights  # noqa: E402
 JOBS = "/api/try-on/jobs"
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0", "seed": "-1"}
 CLIENTS = ["alice", "bob", "carol", "dave"]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{cpu}; {os.cpu_count()} cores; load average {load}"
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -195,7 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--picks", type=int, default=2000)
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     for clients in (1, 10, 100):
         cost_ms = pick_cost_ms(clients, args.picks)
         print(f"pick cost, {clients:3d} clients x 4 waiting: {cost_ms:.3f} ms (median)")

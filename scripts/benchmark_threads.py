@@ -26,7 +26,6 @@ import argparse
 import io
 import itertools
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model
 from PIL import Image
 
 # Runs from anywhere without installing: the repository root holds the catvton package.
@@ -108,16 +108,6 @@ def machine(default_threads: int) -> str:
         f"torch {torch.__version__}, default intra-op threads {default_threads}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def tiny_pipeline(weights: Path) -> CatVTONPipeline:

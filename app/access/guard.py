@@ -15,7 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.access.keys import MAX_KEY_CHARS, VALID_KEY, KeyStore
 from app.edge.context import request_context
-from app.edge.errors import UnauthorizedError, send_error
+from app.edge.envelope import send_error
+from app.edge.errors import UnauthorizedError
 
 logger = logging.getLogger(__name__)
 

@@ -41,12 +41,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.edge.clients import client_id
 from app.edge.context import request_context
-from app.edge.errors import (
-    RateLimitedError,
-    ServiceError,
-    TooManyActiveRequestsError,
-    send_error,
-)
+from app.edge.envelope import send_error
+from app.edge.errors import RateLimitedError, ServiceError, TooManyActiveRequestsError
 
 logger = logging.getLogger(__name__)
 

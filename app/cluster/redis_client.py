@@ -13,7 +13,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.edge.errors import error_response
+from app.edge.envelope import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.edge.errors import (
-    JobExpiredError,
-    JobNotFoundError,
-    ShuttingDownError,
-    WorkerStoppedError,
-)
+from app.edge.errors import JobExpiredError, JobNotFoundError, ShuttingDownError, WorkerStoppedError
 from app.jobs.records import JobRecord, short_id
 from app.jobs.runner import JobRunner
 

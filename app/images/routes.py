@@ -14,7 +14,8 @@ from pydantic.alias_generators import to_camel
 from app.edge.clients import client_id
 from app.edge.context import request_context
 from app.edge.dependencies import ImagesDep, IntakeDep, WorkerDep
-from app.edge.errors import ImageNotFoundError, error_responses
+from app.edge.envelope import error_responses
+from app.edge.errors import ImageNotFoundError
 from app.images.resolve import IMAGE_FIELD, stored_form
 from app.images.store import IMAGE_ID_PATTERN, StoredImage
 from app.jobs.documents import iso_time

@@ -25,7 +25,8 @@ from app.cache.keys import cache_key, hash_files, request_fingerprint
 from app.cache.results import ResultCache
 from app.edge.clients import client_id
 from app.edge.context import request_context
-from app.edge.errors import InvalidFieldError, describe_validation_errors
+from app.edge.envelope import describe_validation_errors
+from app.edge.errors import InvalidFieldError
 from app.edge.schemas import TryOnOptions, TryOnResponse
 from app.images.resolve import assemble_images, named_ids, resolve_ids
 from app.images.store import ImageStore, Pixels, StoredImage

@@ -22,6 +22,7 @@ from app.access.limits import take_active_slot
 from app.edge.clients import client_id
 from app.edge.context import request_context
 from app.edge.dependencies import CacheDep, IntakeDep, JobsDep, StreamsDep, WorkerDep
+from app.edge.envelope import error_responses
 from app.edge.errors import (
     IdempotencyKeyReusedError,
     InvalidFieldError,
@@ -30,7 +31,6 @@ from app.edge.errors import (
     JobNotFinishedError,
     JobNotFoundError,
     PreviewNotReadyError,
-    error_responses,
 )
 from app.inference.flow import (
     PreparedTryOn,

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.routing import Match
 
 from app.edge.context import RequestContext
-from app.edge.errors import HTTP_METHODS
+from app.edge.envelope import HTTP_METHODS
 from app.inference.contract import Worker
 from app.jobs.records import JobStatus
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.edge.dependencies import SettingsDep, WorkerDep
-from app.edge.errors import health_headers, health_status_code
+from app.edge.envelope import health_headers, health_status_code
 from app.edge.schemas import GpuMemoryReport, HealthResponse
 from app.inference.contract import GpuMemory, WorkerStatus
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.edge.context import request_context
 from app.edge.dependencies import CacheDep, IntakeDep, WorkerDep
-from app.edge.errors import error_responses
+from app.edge.envelope import error_responses
 from app.edge.schemas import TryOnOptions, TryOnResponse
 from app.inference.flow import StageTimer, encode_outcome, prepare_try_on, success_body
 from app.media.encoding import EncodedResult
