@@ -77,10 +77,14 @@ def iso_time(seconds: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def preview_url(job_id: str) -> str:
+    return f"{JOBS_PATH}/{job_id}/preview"
+
+
 def preview_document(record: JobRecord) -> JobPreviewDocument | None:
     if record.preview_step is None:
         return None
-    return JobPreviewDocument(url=f"{JOBS_PATH}/{record.job_id}/preview", step=record.preview_step)
+    return JobPreviewDocument(url=preview_url(record.job_id), step=record.preview_step)
 
 
 def render(record: JobRecord) -> JobDocument:

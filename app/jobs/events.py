@@ -23,13 +23,14 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from app.edge.errors import JobExpiredError, JobNotFoundError, TooManyStreamsError
-from app.jobs.documents import preview_document, render_json
+from app.jobs.documents import JobPreviewDocument, preview_url, render_json
 from app.jobs.records import JobRecord, short_id
 from app.jobs.store import JobStore
 
@@ -65,22 +66,36 @@ class StreamSlots:
         return release
 
 
+@dataclass
+class Coalesced:
+    """What one stream sends at a time: the newest record, and each preview step that came since
+    the last one sent (in order, none skipped: each preview is announced)."""
+
+    record: JobRecord
+    preview_steps: list[int] = field(default_factory=list)
+
+
 async def coalesced(
     records: AsyncIterator[JobRecord], interval_s: float = 1 / MAX_EVENTS_PER_S
-) -> AsyncIterator[JobRecord]:
-    """`records`, at most one each `interval_s`: between two, only the newest is kept. The last
-    record (final, or the last before the job was forgotten) is always yielded. Raises what
-    `records` raised, after the records it yielded before."""
-    latest: JobRecord | None = None
+) -> AsyncIterator[Coalesced]:
+    """`records`, at most one each `interval_s`: between two, only the newest is kept, with the
+    preview steps the skipped ones carried. The last record (final, or the last before the job
+    was forgotten) is always yielded. Raises what `records` raised, after what it yielded."""
+    latest: Coalesced | None = None
+    last_preview: int | None = None
     ended = False
     error: Exception | None = None
     changed = asyncio.Event()
 
     async def pump() -> None:
-        nonlocal latest, ended, error
+        nonlocal latest, last_preview, ended, error
         try:
             async for record in records:
-                latest = record
+                steps = latest.preview_steps if latest is not None else []
+                if record.preview_step is not None and record.preview_step != last_preview:
+                    last_preview = record.preview_step
+                    steps = [*steps, record.preview_step]
+                latest = Coalesced(record, steps)
                 changed.set()
         except Exception as exc:
             error = exc
@@ -89,7 +104,6 @@ async def coalesced(
             changed.set()
 
     task = asyncio.create_task(pump())
-    sent: JobRecord | None = None
     sent_at = -math.inf
     try:
         while True:
@@ -98,9 +112,9 @@ async def coalesced(
             wait_s = sent_at + interval_s - time.monotonic()
             if wait_s > 0 and not ended:
                 await asyncio.sleep(wait_s)  # what arrives meanwhile replaces `latest`
-            if latest is not None and latest is not sent:
-                sent, sent_at = latest, time.monotonic()
-                yield sent
+            if latest is not None:
+                sending, latest, sent_at = latest, None, time.monotonic()
+                yield sending
             if ended and not changed.is_set():
                 if error is not None:
                     raise error
@@ -113,15 +127,12 @@ async def job_events(
     store: JobStore, job_id: str, request_id: str
 ) -> AsyncIterator[ServerSentEvent]:
     last: JobRecord | None = None
-    previewed: int | None = None
     try:
-        async for record in coalesced(store.watch(job_id)):
-            last = record
+        async for update in coalesced(store.watch(job_id)):
+            last = record = update.record
             yield ServerSentEvent(render_json(record), event="job", id=str(record.version))
-            if record.preview_step is not None and record.preview_step != previewed:
-                previewed = record.preview_step
-                preview = preview_document(record)
-                assert preview is not None
+            for step in update.preview_steps:
+                preview = JobPreviewDocument(url=preview_url(job_id), step=step)
                 yield ServerSentEvent(preview.model_dump_json(), event="preview")
     except (JobNotFoundError, JobExpiredError):
         pass

@@ -107,8 +107,9 @@ def test_previews_come_at_the_steps_the_rule_says_and_poll_with_etag(
     previews = [data for name, _, data in events if name == "preview"]
     url = f"{JOBS}/{job_id}/preview"
     assert previews == [{"url": url, "step": step} for step in (3, 6, 9, 10)]
-    assert events[-1][2]["status"] == "succeeded"
-    assert events[-1][2]["preview"] == {"url": url, "step": 10}  # stays after the end
+    final = [data for name, _, data in events if name == "job"][-1]
+    assert final["status"] == "succeeded"
+    assert final["preview"] == {"url": url, "step": 10}  # stays after the end
     # Made on the device thread, encoded off it (the thread pool), once each.
     assert made.threads == ["device-worker"] * 4
     assert len(encoded.threads) == 4 and "device-worker" not in encoded.threads

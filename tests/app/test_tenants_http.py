@@ -304,12 +304,15 @@ def test_streams_are_capped_per_client_and_coalesce_progress(
 
 
 def read_stream(response: httpx.Response) -> list[dict]:
-    """The `job` events' documents of an open event stream, until it ends."""
-    return [
-        json.loads(line.removeprefix("data:").strip())
-        for line in response.iter_lines()
-        if line.startswith("data:")
-    ]
+    """The `job` events' documents of an open event stream, until it ends (preview events,
+    which name a URL, are left out)."""
+    documents, event = [], ""
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line.removeprefix("event:").strip()
+        elif line.startswith("data:") and event == "job":
+            documents.append(json.loads(line.removeprefix("data:").strip()))
+    return documents
 
 
 # -- nothing reads a body unbounded ------------------------------------------------------------
