@@ -65,7 +65,10 @@ def create_app(
         worker = InferenceWorker.from_settings(settings)
     if job_store is None:
         job_store = InMemoryJobStore(
-            ttl_s=settings.job_ttl, max_bytes=settings.job_store_bytes, max_jobs=settings.max_jobs
+            ttl_s=settings.job_ttl,
+            max_bytes=settings.job_store_bytes,
+            max_jobs=settings.max_jobs,
+            max_jobs_per_client=settings.max_jobs_per_client,
         )
     if image_store is None:
         image_store = InMemoryImageStore(

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     max_jobs: int = Field(
         1000, ge=1, description="job records kept; the oldest finished are evicted first"
     )
+    max_jobs_per_client: int = Field(
+        100,
+        ge=1,
+        description="finished job records kept per client; a client over it loses its own "
+        "oldest finished jobs first",
+    )
     preview_every: int = Field(
         DEFAULT_PREVIEW_EVERY,
         ge=0,

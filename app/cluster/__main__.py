@@ -72,6 +72,7 @@ async def drain_service(settings: ClusterSettings) -> None:
         ttl_s=settings.job_ttl,
         max_bytes=settings.job_store_bytes,
         max_jobs=settings.max_jobs,
+        max_jobs_per_client=settings.max_jobs_per_client,
     )
     deadline = time.monotonic() + settings.drain_timeout
     try:

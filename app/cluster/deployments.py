@@ -62,6 +62,7 @@ class Ingress:
             ttl_s=settings.job_ttl,
             max_bytes=settings.job_store_bytes,
             max_jobs=settings.max_jobs,
+            max_jobs_per_client=settings.max_jobs_per_client,
         )
         cache = RedisResultCache(redis, settings.cache_bytes) if settings.cache_bytes > 0 else None
         # Stored images: any ingress replica serves a try-on naming one stored through another.

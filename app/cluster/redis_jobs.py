@@ -1,15 +1,20 @@
 """The Redis `JobStore`: the same records, results, claims and retention for every ingress replica.
 
-Layout (all under `catvton:`): `job:{id}` the record's JSON, `job:{id}:result` a hash of the
-result's bytes (`redis_results`), `job:{id}:preview` a hash of the latest preview (step, JPEG),
-`jobkey:{sha1(client, key)}` an Idempotency-Key claim, sorted
-sets `jobs` (every record, for the count cap), `jobs:finished` (by expiry time: expiry and
-eviction take the lowest first) and `jobs:tombstones` (forgotten ids, for 410), a byte counter
-`jobs:result-bytes`, and a stream `job:{id}:versions` per job holding each version for `watch`
-(every version reaches every watcher, in order, as from the in-memory store).
+Layout (all under `catvton:`): `job:{id}` the record's JSON, `job:{id}:result-digest` the
+`result_digest` of its result, `jobs:result:{digest}` a hash of that result's bytes
+(`redis_results`) and `refs`, how many jobs hold it (results are content-addressed: the equal
+results of cache hits are stored and counted once, and deleted with their last holder),
+`job:{id}:preview` a hash of the latest preview (step, JPEG), `jobkey:{sha1(client, key)}` an
+Idempotency-Key claim, sorted sets `jobs` (every record, for the count cap), `jobs:finished` (by
+expiry time: expiry and eviction take the lowest first), `jobs:finished-by:{sha1(client)}` (each
+client's finished jobs by finish time, for `max_jobs_per_client`) and `jobs:tombstones`
+(forgotten ids, for 410), a byte counter `jobs:result-bytes` (of the distinct results), and a
+stream `job:{id}:versions` per job holding each version for `watch` (every version reaches every
+watcher, in order, as from the in-memory store).
 
 Steps that must not interleave between replicas run as one server-side script (create with its
-claim, forget) or as a WATCH/MULTI transaction (update, finish). Expiry is lazy and driven by the
+claim, forget, holding a result) or as a WATCH/MULTI transaction (update, finish: its result is
+held by a script inside the transaction). Expiry is lazy and driven by the
 `clock` as in the in-memory store, so a test can move time; nothing depends on Redis key TTLs.
 """
 
@@ -27,7 +32,7 @@ from redis.exceptions import WatchError
 from app.cluster.redis_results import result_fields, result_from_fields
 from app.edge.errors import JobExpiredError, JobNotFoundError
 from app.jobs.records import JobRecord
-from app.jobs.store import MAX_TOMBSTONES, TOMBSTONE_S, JobStore
+from app.jobs.store import MAX_TOMBSTONES, TOMBSTONE_S, JobStore, result_digest
 from app.media.encoding import EncodedResult
 
 PREFIX = "catvton:"
@@ -35,6 +40,7 @@ ALL_KEY = PREFIX + "jobs"
 FINISHED_KEY = PREFIX + "jobs:finished"
 TOMBSTONES_KEY = PREFIX + "jobs:tombstones"
 BYTES_KEY = PREFIX + "jobs:result-bytes"
+RESULT_PREFIX = PREFIX + "jobs:result:"  # + digest: one stored copy of equal results
 WATCH_BLOCK_MS = 1000  # a watcher also re-reads the record this often (a stream lost in a restart)
 VERSIONS_KEPT = 500  # per job: more than the steps and stages of one try-on
 FINAL_VERSIONS_TTL_S = 60  # a final job's versions: for watchers still catching up
@@ -54,17 +60,51 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {1, ARGV[2]}
 """
 
-# KEYS: record, result, all, finished, bytes, tombstones, versions, preview.
-# ARGV: id, tombstone (1/0), now, prefix, max tombstones.
-FORGET_SCRIPT = """
+# The job named by the digest key no longer holds its result; the last holder deletes it.
+RELEASE_RESULT = """
+local function release(digest_key, bytes_key, result_prefix)
+  local digest = redis.call('GET', digest_key)
+  if not digest then return end
+  redis.call('DEL', digest_key)
+  local stored = result_prefix .. digest
+  if redis.call('HINCRBY', stored, 'refs', -1) <= 0 then
+    local nbytes = redis.call('HGET', stored, 'nbytes')
+    if nbytes then redis.call('DECRBY', bytes_key, nbytes) end
+    redis.call('DEL', stored)
+  end
+end
+"""
+
+# KEYS: digest key, stored result, bytes. ARGV: digest, nbytes, result prefix, field, value, ...
+HOLD_RESULT_SCRIPT = (
+    RELEASE_RESULT
+    + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+release(KEYS[1], KEYS[3], ARGV[3])
+if redis.call('HINCRBY', KEYS[2], 'refs', 1) == 1 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+  redis.call('INCRBY', KEYS[3], ARGV[2])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
+# KEYS: record, digest key, all, finished, bytes, tombstones, versions, preview.
+# ARGV: id, tombstone (1/0), now, prefix, max tombstones, result prefix.
+FORGET_SCRIPT = (
+    RELEASE_RESULT
+    + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
-local nbytes = redis.call('HGET', KEYS[2], 'nbytes')
-if nbytes then redis.call('DECRBY', KEYS[5], nbytes) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[7], KEYS[8])
+release(KEYS[2], KEYS[5], ARGV[6])
+redis.call('DEL', KEYS[1], KEYS[7], KEYS[8])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 local record = cjson.decode(raw)
+if type(record['client']) == 'string' then
+  redis.call('ZREM', ARGV[4] .. 'jobs:finished-by:' .. redis.sha1hex(record['client']), ARGV[1])
+end
 local key = record['idempotency_key']
 if type(key) == 'string' then
   local claim = ARGV[4] .. 'jobkey:' .. redis.sha1hex(record['client'] .. '\\n' .. key)
@@ -77,14 +117,25 @@ if ARGV[2] == '1' then
 end
 return 1
 """
+)
 
 
 def record_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
-def result_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:result"
+def digest_key(job_id: str) -> str:
+    """Holds the `result_digest` of the job's result, the key of its stored copy."""
+    return f"{PREFIX}job:{job_id}:result-digest"
+
+
+def stored_result_key(digest: str) -> str:
+    return RESULT_PREFIX + digest
+
+
+def client_finished_key(client: str) -> str:
+    """The client's finished jobs; FORGET_SCRIPT computes the same with redis.sha1hex."""
+    return f"{PREFIX}jobs:finished-by:{hashlib.sha1(client.encode()).hexdigest()}"
 
 
 def claim_key(client: str, idempotency_key: str) -> str:
@@ -109,6 +160,7 @@ class RedisJobStore(JobStore):
         self._redis = redis
         self._create = redis.register_script(CREATE_SCRIPT)
         self._forget_script = redis.register_script(FORGET_SCRIPT)
+        self._hold_result = redis.register_script(HOLD_RESULT_SCRIPT)
 
     async def result_bytes(self) -> int:
         return int(await self._redis.get(BYTES_KEY) or 0)
@@ -155,24 +207,43 @@ class RedisJobStore(JobStore):
         await self._expire()
         now = self._clock()
         expires_at = now + self.ttl_s
+        digest = None if result is None else result_digest(result)
 
-        def store_result(pipe: Pipeline) -> None:
-            if result is not None:
-                pipe.hset(result_key(job_id), mapping=result_fields(result))
-                pipe.incrby(BYTES_KEY, result.nbytes)
+        def store_result(pipe: Pipeline, record: JobRecord) -> None:
+            if result is not None and digest is not None:
+                # In the transaction: a script, as a second holder only adds itself (the bytes
+                # travel each time, but are stored once).
+                flat = [item for pair in result_fields(result).items() for item in pair]
+                pipe.scripts.add(self._hold_result)
+                pipe.evalsha(
+                    self._hold_result.sha,
+                    3,
+                    digest_key(job_id),
+                    stored_result_key(digest),
+                    BYTES_KEY,
+                    digest,
+                    result.nbytes,
+                    RESULT_PREFIX,
+                    *flat,
+                )
             pipe.zadd(FINISHED_KEY, {job_id: expires_at})
+            pipe.zadd(client_finished_key(record.client), {job_id: now})
 
         changes = {"finished_at": now, "expires_at": expires_at, **changes}
         record = await self._replace(job_id, changes, also=store_result)
+        await self._evict_own_beyond_share(record.client, keep=job_id)
         await self._evict_beyond_caps(keep=job_id)
         return record
 
     async def result(self, job_id: str) -> EncodedResult | None:
         await self.get(job_id)
-        return result_from_fields(await self._redis.hgetall(result_key(job_id)))
+        digest = await self._redis.get(digest_key(job_id))
+        if digest is None:
+            return None
+        return result_from_fields(await self._redis.hgetall(stored_result_key(digest.decode())))
 
     async def save_preview(self, job_id: str, step: int, jpeg: bytes) -> JobRecord:
-        def store_preview(pipe: Pipeline) -> None:
+        def store_preview(pipe: Pipeline, record: JobRecord) -> None:
             pipe.hset(preview_key(job_id), mapping={"step": step, "data": jpeg})
 
         # In the record's transaction: a forgotten record (the WATCH sees it go) keeps no preview.
@@ -233,7 +304,7 @@ class RedisJobStore(JobStore):
         self,
         job_id: str,
         changes: dict[str, Any],
-        also: Callable[[Pipeline], None] | None = None,
+        also: Callable[[Pipeline, JobRecord], None] | None = None,
     ) -> JobRecord:
         """Read, change and write the record atomically (retried if another replica wrote it)."""
         key = record_key(job_id)
@@ -254,7 +325,7 @@ class RedisJobStore(JobStore):
                     if record.final:
                         pipe.expire(stream, FINAL_VERSIONS_TTL_S)
                     if also is not None:
-                        also(pipe)
+                        also(pipe, record)
                     await pipe.execute()
                     return record
                 except WatchError:
@@ -264,7 +335,7 @@ class RedisJobStore(JobStore):
         await self._forget_script(
             keys=[
                 record_key(job_id),
-                result_key(job_id),
+                digest_key(job_id),
                 ALL_KEY,
                 FINISHED_KEY,
                 BYTES_KEY,
@@ -272,7 +343,7 @@ class RedisJobStore(JobStore):
                 versions_key(job_id),
                 preview_key(job_id),
             ],
-            args=[job_id, int(tombstone), self._clock(), PREFIX, MAX_TOMBSTONES],
+            args=[job_id, int(tombstone), self._clock(), PREFIX, MAX_TOMBSTONES, RESULT_PREFIX],
         )
 
     async def _expire(self) -> None:
@@ -283,6 +354,16 @@ class RedisJobStore(JobStore):
             expired, _ = await pipe.execute()
         for job_id in expired:
             await self._forget(job_id.decode(), tombstone=True)
+
+    async def _evict_own_beyond_share(self, client: str, *, keep: str) -> None:
+        """Forget the client's own oldest finished jobs beyond `max_jobs_per_client` (never
+        `keep`). Replicas doing this at once agree: each forgets all but the newest share."""
+        beyond = await self._redis.zrange(
+            client_finished_key(client), 0, -(self.max_jobs_per_client + 1)
+        )
+        for raw_id in beyond:
+            if (job_id := raw_id.decode()) != keep:
+                await self._forget(job_id, tombstone=True)
 
     async def _evict_beyond_caps(self, *, keep: str) -> None:
         """Forget the oldest finished jobs (never `keep`, never an active one) until within caps."""
@@ -299,7 +380,7 @@ class RedisJobStore(JobStore):
             job_id = raw_id.decode()
             if job_id == keep:
                 continue
-            size = await self._redis.hget(result_key(job_id), "nbytes")
             await self._forget(job_id, tombstone=True)
             count -= 1
-            nbytes -= int(size or 0)
+            # A shared result frees its bytes only with its last holder: read the counter.
+            nbytes = int(await self._redis.get(BYTES_KEY) or 0)

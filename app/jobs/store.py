@@ -16,7 +16,12 @@ The contract every implementation keeps:
 - Retention: a final record and its result live `ttl_s` seconds after they finish. Results are
   bounded by `max_bytes`, records by `max_jobs`: the oldest FINISHED jobs are evicted first; a
   queued or running job is never evicted (the newest result is kept even if it alone is over the
-  byte cap: its client has not fetched it yet). A forgotten (expired or evicted) id raises
+  byte cap: its client has not fetched it yet). Each client (`JobRecord.client`) keeps at most
+  `max_jobs_per_client` finished records: when one of its jobs finishes beyond that, its OWN
+  oldest finished jobs go (another client's never do for it).
+- A result shared by several jobs (result-cache hits store equal results) is kept and counted
+  against `max_bytes` once: results are keyed by `result_digest`, with the jobs holding each,
+  and forgotten with the last of them. A forgotten (expired or evicted) id raises
   `JobExpiredError` (410) for `TOMBSTONE_S` seconds, then `JobNotFoundError` (404); a deleted
   id is forgotten at once (404).
 - `watch` yields the current record, then each newer one in order, and ends after a final record,
@@ -27,6 +32,7 @@ The contract every implementation keeps:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
@@ -41,11 +47,23 @@ TOMBSTONE_S = 24 * 3600
 MAX_TOMBSTONES = 100_000  # ~10 MB of ids; beyond it the oldest answer 404 instead of 410 early
 
 
+def result_digest(result: EncodedResult) -> str:
+    """The SHA-256 (hex) of everything a result holds: equal results share one stored copy."""
+    digest = hashlib.sha256()
+    for image in (result.image, result.mask):
+        header = f"{image.mime_type}\n{image.width}x{image.height}\n{len(image.data)}\n"
+        digest.update(header.encode())
+        digest.update(image.data)
+    digest.update(f"seed {result.seed}".encode())
+    return digest.hexdigest()
+
+
 class JobStore(ABC):
     """Job records, their results and the Idempotency-Key claims (see the module docstring).
 
     Every implementation keeps the same retention: `ttl_s` after a job is final, at most
-    `max_bytes` of results and `max_jobs` records, by `clock` (seconds since the epoch).
+    `max_bytes` of distinct results, `max_jobs` records and `max_jobs_per_client` finished
+    records of each client, by `clock` (seconds since the epoch).
     """
 
     def __init__(
@@ -54,11 +72,15 @@ class JobStore(ABC):
         ttl_s: float,
         max_bytes: int,
         max_jobs: int,
+        max_jobs_per_client: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if max_jobs_per_client < 1:
+            raise ValueError(f"max_jobs_per_client must be at least 1; got {max_jobs_per_client}")
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
         self.max_jobs = max_jobs
+        self.max_jobs_per_client = max_jobs_per_client
         self._clock = clock
 
     @abstractmethod
@@ -85,8 +107,9 @@ class JobStore(ABC):
     async def finish(
         self, job_id: str, result: EncodedResult | None = None, **changes: Any
     ) -> JobRecord:
-        """Like `update` for the final change (`changes` holds the final status): stores `result`,
-        sets `expires_at`, and evicts the oldest finished jobs beyond the caps."""
+        """Like `update` for the final change (`changes` holds the final status): stores `result`
+        (or links the equal one already kept), sets `expires_at`, evicts the client's own oldest
+        finished jobs beyond `max_jobs_per_client`, then the oldest finished beyond the caps."""
 
     @abstractmethod
     async def result(self, job_id: str) -> EncodedResult | None:
@@ -127,10 +150,14 @@ class InMemoryJobStore(JobStore):
     def __init__(self, **retention: Any) -> None:
         super().__init__(**retention)
         self._records: dict[str, JobRecord] = {}
-        self._results: dict[str, EncodedResult] = {}
+        self._results: dict[str, str] = {}  # job id -> its result's digest
+        # Digest -> (the result, how many jobs hold it): shared results are kept and counted once.
+        self._distinct: dict[str, tuple[EncodedResult, int]] = {}
         self._previews: dict[str, tuple[int, bytes]] = {}  # job id -> (step, JPEG bytes)
-        self._result_bytes = 0
+        self._result_bytes = 0  # of the distinct results
         self._finished: OrderedDict[str, None] = OrderedDict()  # oldest finished first
+        # Each client's finished jobs, oldest first (for `max_jobs_per_client`).
+        self._finished_by_client: dict[str, OrderedDict[str, None]] = {}
         self._keys: dict[tuple[str, str], str] = {}  # (client, Idempotency-Key) -> job id
         self._tombstones: OrderedDict[str, float] = OrderedDict()  # forgotten id -> when
         # Each watcher's queue of new versions; None: the job was forgotten.
@@ -176,16 +203,21 @@ class InMemoryJobStore(JobStore):
             job_id, {"finished_at": now, "expires_at": now + self.ttl_s, **changes}
         )
         if result is not None:
-            self._results[job_id] = result
-            self._result_bytes += result.nbytes
+            self._hold_result(job_id, result)
         self._finished[job_id] = None
+        own = self._finished_by_client.setdefault(record.client, OrderedDict())
+        own[job_id] = None
+        for oldest in list(own)[: max(0, len(own) - self.max_jobs_per_client)]:
+            if oldest != job_id:
+                self._forget(oldest, tombstone=True)
         self._evict_beyond_caps(keep=job_id)
         return record
 
     async def result(self, job_id: str) -> EncodedResult | None:
         self._expire()
         self._lookup(job_id)
-        return self._results.get(job_id)
+        digest = self._results.get(job_id)
+        return None if digest is None else self._distinct[digest][0]
 
     async def save_preview(self, job_id: str, step: int, jpeg: bytes) -> JobRecord:
         self._expire()
@@ -244,12 +276,38 @@ class InMemoryJobStore(JobStore):
         for changes in self._watchers.get(job_id, ()):
             changes.put_nowait(record)
 
+    def _hold_result(self, job_id: str, result: EncodedResult) -> None:
+        """`job_id` holds `result`: the equal one already kept, if any (its bytes count once)."""
+        self._release_result(job_id)  # a second finish replaces the first's result
+        digest = result_digest(result)
+        kept, holders = self._distinct.get(digest, (result, 0))
+        if not holders:
+            self._result_bytes += kept.nbytes
+        self._distinct[digest] = (kept, holders + 1)
+        self._results[job_id] = digest
+
+    def _release_result(self, job_id: str) -> None:
+        """`job_id` no longer holds its result; the last holder frees the bytes."""
+        digest = self._results.pop(job_id, None)
+        if digest is None:
+            return
+        kept, holders = self._distinct[digest]
+        if holders > 1:
+            self._distinct[digest] = (kept, holders - 1)
+        else:
+            del self._distinct[digest]
+            self._result_bytes -= kept.nbytes
+
     def _forget(self, job_id: str, *, tombstone: bool) -> None:
         record = self._records.pop(job_id)
-        if (result := self._results.pop(job_id, None)) is not None:
-            self._result_bytes -= result.nbytes
+        self._release_result(job_id)
         self._previews.pop(job_id, None)
         self._finished.pop(job_id, None)
+        own = self._finished_by_client.get(record.client)
+        if own is not None:
+            own.pop(job_id, None)
+            if not own:
+                del self._finished_by_client[record.client]
         if record.idempotency_key is not None:
             self._keys.pop((record.client, record.idempotency_key), None)
         if tombstone:

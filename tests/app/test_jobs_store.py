@@ -39,7 +39,7 @@ def new_store(request: pytest.FixtureRequest) -> NewStore:
     db at each call; in memory the one process's store, the same object at each call."""
 
     def options(caps: dict[str, int]) -> dict[str, int]:
-        return {"ttl_s": 900, "max_bytes": 1000, "max_jobs": 10, **caps}
+        return {"ttl_s": 900, "max_bytes": 1000, "max_jobs": 10, "max_jobs_per_client": 10, **caps}
 
     if request.param == "redis":
         open_client = request.getfixturevalue("redis_clients")
@@ -78,10 +78,11 @@ def make_record(clock: Clock, **fields: object) -> JobRecord:
     return JobRecord(**values)
 
 
-def result_of(size: int) -> EncodedResult:
+def result_of(size: int, seed: int = 1) -> EncodedResult:
+    """`size` bytes; equal sizes and seeds make equal results (kept and counted once)."""
     image = EncodedImage(data=b"i" * size, mime_type="image/png", width=2, height=2)
     mask = EncodedImage(data=b"", mime_type="image/png", width=2, height=2)
-    return EncodedResult(image=image, mask=mask, seed=1)
+    return EncodedResult(image=image, mask=mask, seed=seed)
 
 
 async def watch_in_background(
@@ -176,9 +177,9 @@ async def test_the_byte_cap_evicts_the_oldest_finished_never_an_active_job(
     store = new_store(clock, max_bytes=250, max_jobs=5)
     active, _ = await store.create(make_record(clock))
     finished = []
-    for _ in range(3):
+    for seed in range(3):  # three distinct results
         record, _ = await store.create(make_record(clock))
-        await store.finish(record.job_id, result_of(100), status="succeeded")
+        await store.finish(record.job_id, result_of(100, seed), status="succeeded")
         finished.append(record.job_id)
         clock.now += 1
     with pytest.raises(JobExpiredError):
@@ -291,3 +292,71 @@ async def test_the_latest_preview_lives_beside_the_record_and_is_forgotten_with_
     assert not await preview_key_exists(store, deleted.job_id)
     with pytest.raises(JobNotFoundError):
         await store.save_preview("nope", 1, b"jpeg-1")
+
+
+async def finish_jobs(
+    store: JobStore, clock: Clock, client: str, results: list[EncodedResult | None]
+) -> list[str]:
+    """One finished job of `client` per entry of `results`, a second apart, oldest first."""
+    ids = []
+    for result in results:
+        record, _ = await store.create(make_record(clock, client=client))
+        await store.finish(record.job_id, result, status="succeeded")
+        ids.append(record.job_id)
+        clock.now += 1
+    return ids
+
+
+async def test_a_client_over_its_share_loses_its_own_oldest_finished_jobs_first(
+    new_store: NewStore,
+) -> None:
+    clock = Clock()
+    caps = {"max_jobs_per_client": 3, "max_jobs": 100}
+    store, other = new_store(clock, **caps), new_store(clock, **caps)
+    bobs = await finish_jobs(store, clock, "bob", [result_of(10)])
+    active, _ = await store.create(make_record(clock, client="alice"))  # never evicted
+    alices = await finish_jobs(other, clock, "alice", [result_of(i) for i in range(20, 26)])
+    for job_id in alices[:3]:  # six finished, three kept: her own oldest went first
+        with pytest.raises(JobExpiredError):
+            await store.get(job_id)
+    assert [(await other.get(job_id)).status for job_id in alices[3:]] == ["succeeded"] * 3
+    # Bob's result is older than all of hers and younger than the TTL: untouched.
+    assert (await other.result(bobs[0])).image.data == b"i" * 10
+    assert (await store.get(active.job_id)).status == "queued"
+    assert await count(store) == 5  # Bob's, Alice's active one and her three newest
+    assert await result_bytes(store) == 10 + 23 + 24 + 25
+    # A forgotten job frees its place in its client's share: Bob's next ones keep his first.
+    await store.delete(alices[-1])
+    more_bobs = await finish_jobs(store, clock, "bob", [None, None])
+    assert [(await store.get(job_id)).status for job_id in bobs + more_bobs] == ["succeeded"] * 3
+
+
+async def test_a_result_shared_by_several_jobs_counts_once_and_goes_with_its_last_holder(
+    new_store: NewStore,
+) -> None:
+    clock = Clock()
+    store, other = new_store(clock, max_bytes=250), new_store(clock, max_bytes=250)
+    shared = result_of(200)
+    ids = await finish_jobs(store, clock, "alice", [shared] * 3)
+    ids += await finish_jobs(other, clock, "bob", [result_of(200)])  # equal bytes, another object
+    assert await result_bytes(store) == 200  # under the 250-byte cap: none was evicted
+    assert await count(store) == 4
+    for job_id in ids:
+        assert (await other.result(job_id)).image.data == b"i" * 200
+    await store.delete(ids[0])
+    clock.now += 900 - 4 + 2.5  # finished a second apart: the next two expire, not the last
+    for job_id in ids[1:3]:
+        with pytest.raises(JobExpiredError):
+            await other.result(job_id)
+    assert await result_bytes(store) == 200  # still held by the last two
+    assert (await store.result(ids[3])).nbytes == 200
+    await other.delete(ids[3])
+    assert await result_bytes(store) == 0  # the last holder forgotten frees the bytes
+    if not isinstance(store, InMemoryJobStore):
+        from app.cluster.redis_jobs import RESULT_PREFIX
+
+        redis = store._redis  # type: ignore[attr-defined]
+        assert not await redis.keys(RESULT_PREFIX + "*")  # the stored copy is gone too
+    # A distinct result still counts on its own.
+    await finish_jobs(store, clock, "alice", [shared, result_of(30)])
+    assert await result_bytes(store) == 230

@@ -64,7 +64,9 @@ def server(tiny_weights: Path) -> Iterator[Server]:
     settings = tiny_settings(tiny_weights, preview_every=3, cache_mb=0)
     worker = InferenceWorker.from_settings(settings)
     clock = ShiftedClock()
-    store = InMemoryJobStore(ttl_s=900, max_bytes=10**8, max_jobs=100, clock=clock)
+    store = InMemoryJobStore(
+        ttl_s=900, max_bytes=10**8, max_jobs=100, max_jobs_per_client=100, clock=clock
+    )
     with serve(settings, app=create_app(settings, worker, job_store=store)) as base_url:
         assert wait_until_ready(base_url)["status"] == "ok"
         yield Server(base_url, worker, clock)

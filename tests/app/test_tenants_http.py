@@ -353,3 +353,54 @@ def read_head(connection: socket.socket, wait_s: float = 1.0) -> bytes:
         return connection.recv(65536).split(b"\r\n", 1)[0]
     except TimeoutError:
         return b""
+
+
+# -- retention per client ------------------------------------------------------------------------
+
+FLOOD_SHARE = 10  # --max-jobs-per-client here (100 by default)
+RESULTS_FITTING = 200_000  # --job-store-mb here, in bytes: about six results of the tiny model
+
+
+def test_a_cache_hit_flood_evicts_the_flooders_own_oldest_never_another_clients_result(
+    tiny_weights: Path, keys_file: Path
+) -> None:
+    """40 cache-hit jobs of Alice's after one of Bob's: without the per-client share the count
+    cap (40 > --max-jobs) would evict Bob's older result, and if each hit counted its own bytes
+    the byte cap would (Alice's 10 kept x the result > --job-store-mb). Only Alice's own oldest
+    go (410); her kept jobs share one result."""
+    with jobs_server(
+        tiny_weights,
+        api_keys_file=keys_file,
+        max_jobs_per_client=FLOOD_SHARE,
+        max_jobs=30,
+        job_store_mb=RESULTS_FITTING / 2**20,
+        max_active_per_client=0,
+    ) as (base_url, _):
+        bob = submit(base_url, masked_parts(seed="-1", **FAST), headers=BOB).json()
+        assert wait_final(base_url, bob["jobId"], headers=BOB)["status"] == "succeeded"
+        flood = []
+        for index in range(40):
+            answer = submit(base_url, masked_parts(seed="1234", **FAST), headers=ALICE)
+            assert answer.status_code == 202, answer.text
+            if index == 0:  # the one computed; every later one is a hit, succeeded at once
+                done = wait_final(base_url, answer.json()["jobId"], headers=ALICE)
+                assert done["status"] == "succeeded"
+            else:
+                assert answer.json()["cached"] is True
+            flood.append(answer.json()["jobId"])
+        with httpx.Client(base_url=f"{base_url}{JOBS}", timeout=30) as client:
+            kept = client.get(f"/{bob['jobId']}/result", headers=BOB)
+            assert kept.status_code == 200 and kept.content[:4] == b"\x89PNG"
+            for job_id in flood[:-FLOOD_SHARE]:
+                assert_envelope(
+                    client.get(f"/{job_id}/result", headers=ALICE), 410, "job_expired", ""
+                )
+            newest = [
+                client.get(f"/{job_id}/result", headers=ALICE) for job_id in flood[-FLOOD_SHARE:]
+            ]
+            assert [answer.status_code for answer in newest] == [200] * FLOOD_SHARE
+            images = {answer.content for answer in newest}
+            assert len(images) == 1  # one result, shared by Alice's kept jobs
+            # The bound fits both results, not Alice's kept ones counted one by one.
+            size = len(next(iter(images)))
+            assert 2 * size < RESULTS_FITTING < FLOOD_SHARE * size, size

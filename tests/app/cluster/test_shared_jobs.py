@@ -74,7 +74,7 @@ async def submit(runner: SharedJobRunner, worker: InferenceWorker, steps: int) -
 def new_runner(
     redis: Redis, worker: InferenceWorker, replica_id: str, drain_timeout: float
 ) -> tuple[SharedJobRunner, RedisJobStore]:
-    store = RedisJobStore(redis, ttl_s=900, max_bytes=10**8, max_jobs=100)
+    store = RedisJobStore(redis, ttl_s=900, max_bytes=10**8, max_jobs=100, max_jobs_per_client=100)
     return SharedJobRunner(redis, replica_id, store, worker, drain_timeout=drain_timeout), store
 
 
