@@ -225,13 +225,14 @@ class InferenceWorker:
             if not ticket.done.done():
                 await asyncio.wait({ticket.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if not ticket.done.done():  # the client hung up while its inference ran
-                ticket.abandon()
                 raise ClientDisconnectedError("the client disconnected while its try-on ran")
             return await ticket.done
         finally:
             watcher.cancel()
             if not ticket.started.done():  # cancelled (server shutdown): free the slot
                 self._withdraw(ticket)
+            elif not ticket.done.done():  # a hang-up, or the caller cancelled (a replica's
+                ticket.abandon()  # Serve call the ingress dropped): stop at the next step
 
     def submit(self, job: TryOnJob, listener: WorkListener) -> QueuedWork:
         """Queue a job's work and return at once (see `Worker.submit`).

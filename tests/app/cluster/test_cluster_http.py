@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_replica_running
 from http_helpers import FAST, assert_envelope, post_try_on, try_on_parts
 from jobs_helpers import JOBS, document, masked_parts, submit, wait_final, wait_for_job
@@ -160,3 +162,35 @@ def test_a_service_drain_says_draining_on_every_ingress_replica(cluster: Cluster
     finally:
         asyncio.run(end_drain(connect(redis_url)))
     cluster.wait_for_health(lambda body: body["status"] == "ok", timeout=10)
+
+
+def test_a_hang_up_stops_the_replicas_inference(cluster: Cluster) -> None:
+    """A synchronous client that hangs up: Serve's proxy cancels the call, the ingress cancels
+    the replica's, and the replica's worker stops the inference at its next step (the stop a
+    cancel uses) instead of running the longest try-on there is to its end."""
+    cluster.wait_for_health(lambda body: not body["busy"])
+    started = time.monotonic()
+    assert post_try_on(cluster.url, try_on_parts(seed="-1", **HOLD)).status_code == 200
+    whole_s = time.monotonic() - started  # what a try-on left running would still take
+    cluster.wait_for_health(lambda body: not body["busy"])
+
+    request_id = "hang-up-in-the-cluster"
+    ran: dict = {}
+    watcher = threading.Thread(
+        target=lambda: ran.update(wait_for_replica_running(cluster, request_id))
+    )
+    watcher.start()
+    give_up_s = whole_s / 4  # the client hangs up a quarter of the way in
+    with pytest.raises(httpx.TimeoutException):
+        post_try_on(
+            cluster.url,
+            try_on_parts(seed="-1", **HOLD),
+            headers={"X-Request-ID": request_id},
+            timeout=give_up_s,
+        )
+    hung_up_at = time.monotonic()
+    watcher.join(60)
+    assert ran, "the try-on never reached a replica"
+    cluster.wait_for_health(lambda body: not body["busy"], timeout=whole_s)
+    stopped_after = time.monotonic() - hung_up_at
+    assert stopped_after < whole_s / 2, (stopped_after, whole_s)
