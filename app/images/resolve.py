@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.edge.errors import ImageExpiredError, ImageNotFoundError, InvalidFieldError
 from app.images.store import IMAGE_ID_PATTERN, ImageStore, Pixels, StoredImage, new_image_id
+from app.media.decoding import upright_size
 from app.media.intake import Intake, TryOnImages, settle_all
 from app.media.uploads import ACCEPTED_FORMATS, FILE_FIELDS, REQUIRED_FILE_FIELDS, Upload
 from catvton.preprocess import fit_cloth, fit_mask, fit_person
@@ -134,11 +135,12 @@ async def stored_form(
     )
     mask = await run_in_threadpool(fit_mask, as_mask, size)
     sha256 = await run_in_threadpool(lambda: hashlib.sha256(upload.data).hexdigest())
+    width, height = await run_in_threadpool(upright_size, upload)
     return StoredImage(
         image_id=new_image_id(),
         client=client,
-        width=decoded.width,
-        height=decoded.height,
+        width=width,
+        height=height,
         upload_bytes=len(upload.data),
         sha256=sha256,
         size=size,

@@ -102,6 +102,18 @@ def decode_cost(
         return decoded + coefficients + _kept_bytes(image.size, size)
 
 
+def upright_size(upload: Upload) -> tuple[int, int]:
+    """The size a person sees (EXIF orientation applied), from the header alone: what a stored
+    image's document reports (`decode_image` may decode a large photo smaller). For an upload
+    that already decoded, so nothing is checked here."""
+    if sniff_format(upload.data) == "HEIF":
+        width, height = pillow_heif.open_heif(io.BytesIO(upload.data)).size
+        return width, height
+    with Image.open(io.BytesIO(upload.data)) as image:
+        width, height = image.size
+        return (height, width) if _orientation(image) in TRANSPOSING_ORIENTATIONS else image.size
+
+
 def decode_image(
     upload: Upload,
     *,

@@ -271,6 +271,7 @@ def test_a_48_megapixel_photo_is_kept_fitted_not_as_decoded(served: Served) -> N
         f"{served.base_url}{IMAGES}", [("image", buffer.getvalue(), "big.png", "image/png")], A
     )
     assert response.status_code == 201, response.text
+    assert (response.json()["width"], response.json()["height"]) == (8000, 6000)  # the photo's
     image_id = response.json()["imageId"]
     entry = served.store._entries[image_id]  # the kept pixels: what the memory cap counts
     for pixels in entry.image.fitted.values():
