@@ -31,7 +31,7 @@ from app.inference.worker import InferenceWorker
 from app.jobs import routes as jobs_routes
 from app.jobs.events import StreamSlots
 from app.jobs.runner import JobRunner
-from app.jobs.store import InMemoryJobStore, JobStore
+from app.jobs.store import InMemoryJobStore, JobStore, job_retention
 from app.media.intake import Intake
 from app.observe import routes as observe_routes
 from app.observe.metrics import ServiceMetrics
@@ -64,12 +64,7 @@ def create_app(
     if worker is None:
         worker = InferenceWorker.from_settings(settings)
     if job_store is None:
-        job_store = InMemoryJobStore(
-            ttl_s=settings.job_ttl,
-            max_bytes=settings.job_store_bytes,
-            max_jobs=settings.max_jobs,
-            max_jobs_per_client=settings.max_jobs_per_client,
-        )
+        job_store = InMemoryJobStore(**job_retention(settings))
     if image_store is None:
         image_store = InMemoryImageStore(
             ttl_s=settings.image_ttl,

@@ -27,6 +27,7 @@ from app.cluster.redis_client import connect
 from app.cluster.redis_jobs import RedisJobStore
 from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, announce_drain
 from app.cluster.settings import ClusterSettings
+from app.jobs.store import job_retention
 from app.observe.logs import configure_logging
 
 logger = logging.getLogger("app.cluster")
@@ -67,13 +68,7 @@ async def drain_service(settings: ClusterSettings) -> None:
     queued or running and no try-on replica is busy, or `drain_timeout` seconds."""
     redis = connect(settings.redis_url)
     registry = ReplicaRegistry(redis)
-    store = RedisJobStore(
-        redis,
-        ttl_s=settings.job_ttl,
-        max_bytes=settings.job_store_bytes,
-        max_jobs=settings.max_jobs,
-        max_jobs_per_client=settings.max_jobs_per_client,
-    )
+    store = RedisJobStore(redis, **job_retention(settings))
     deadline = time.monotonic() + settings.drain_timeout
     try:
         await announce_drain(redis, settings.drain_timeout + DRAIN_FLAG_MARGIN_S)

@@ -27,6 +27,7 @@ from app.cluster.remote_worker import RemoteWorker
 from app.cluster.replica import TryOnReplica
 from app.cluster.settings import ClusterSettings
 from app.cluster.shared_jobs import SharedJobRunner
+from app.jobs.store import job_retention
 from app.main import create_app
 from app.settings import Settings
 
@@ -57,13 +58,7 @@ class Ingress:
             queue_capacity=self.queue_bound,
             max_queued_jobs=settings.max_queued_jobs,
         )
-        store = RedisJobStore(
-            redis,
-            ttl_s=settings.job_ttl,
-            max_bytes=settings.job_store_bytes,
-            max_jobs=settings.max_jobs,
-            max_jobs_per_client=settings.max_jobs_per_client,
-        )
+        store = RedisJobStore(redis, **job_retention(settings))
         cache = RedisResultCache(redis, settings.cache_bytes) if settings.cache_bytes > 0 else None
         # Stored images: any ingress replica serves a try-on naming one stored through another.
         images = RedisImageStore(

@@ -42,6 +42,7 @@ from typing import Any
 from app.edge.errors import JobExpiredError, JobNotFoundError
 from app.jobs.records import JobRecord
 from app.media.encoding import EncodedResult
+from app.settings import Settings
 
 TOMBSTONE_S = 24 * 3600
 MAX_TOMBSTONES = 100_000  # ~10 MB of ids; beyond it the oldest answer 404 instead of 410 early
@@ -56,6 +57,16 @@ def result_digest(result: EncodedResult) -> str:
         digest.update(image.data)
     digest.update(f"seed {result.seed}".encode())
     return digest.hexdigest()
+
+
+def job_retention(settings: Settings) -> dict[str, Any]:
+    """The retention keywords of every job store, as `settings` say (one place for both)."""
+    return {
+        "ttl_s": settings.job_ttl,
+        "max_bytes": settings.job_store_bytes,
+        "max_jobs": settings.max_jobs,
+        "max_jobs_per_client": settings.max_jobs_per_client,
+    }
 
 
 class JobStore(ABC):

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pillow_heif
@@ -186,3 +187,18 @@ def assert_envelope(response: httpx.Response, status: int, code: str, says: str)
     assert says in body["message"], body["message"]
     assert body["requestId"] == response.headers["X-Request-ID"]
     return body
+
+
+def send_unread(base_url: str, parts: list, headers: dict[str, str] | None = None) -> socket.socket:
+    """A complete synchronous try-on on a raw socket, left unread: the test hangs up by closing
+    it (httpx gives no way to drop a request at a chosen moment)."""
+    body, content_type = multipart(parts)
+    url = urlsplit(base_url)
+    connection = socket.create_connection((url.hostname, url.port))
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = (
+        f"POST /api/try-on HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
+    )
+    connection.sendall(head.encode() + body)
+    return connection

@@ -26,6 +26,7 @@ from http_helpers import (
     health,
     multipart,
     post_try_on,
+    send_unread,
     serve,
     tiny_settings,
     try_on_parts,
@@ -76,19 +77,6 @@ def queue_server(tiny_weights: Path) -> Iterator[tuple[str, InferenceWorker]]:
         yield base_url, worker
 
 
-def send_and_hang_up_later(base_url: str, parts: list) -> socket.socket:
-    """Send a complete request on a raw socket and return it unread, to be closed by the test."""
-    body, content_type = multipart(parts)
-    url = urlsplit(base_url)
-    connection = socket.create_connection((url.hostname, url.port))
-    head = (
-        f"POST /api/try-on HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    connection.sendall(head.encode() + body)
-    return connection
-
-
 def test_queue_full_gets_503_at_once_and_admitted_requests_run_one_at_a_time(
     queue_server: tuple[str, InferenceWorker],
 ) -> None:
@@ -109,7 +97,7 @@ def test_queue_full_gets_503_at_once_and_admitted_requests_run_one_at_a_time(
                 assert time.perf_counter() - started < 0.1
 
         # A client that hangs up while queued is dropped before it costs device time.
-        quitter = send_and_hang_up_later(base_url, try_on_parts(**FAST))
+        quitter = send_unread(base_url, try_on_parts(**FAST))
         wait_for_health(base_url, lambda body: body["queue_depth"] == 1)
         quitter.close()
         assert wait_for_health(base_url, lambda body: body["queue_depth"] == 0)["busy"]

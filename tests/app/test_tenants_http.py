@@ -23,8 +23,8 @@ import torch
 from http_helpers import (
     assert_envelope,
     image_bytes,
-    multipart,
     post_try_on,
+    send_unread,
     serve,
     tiny_settings,
     try_on_parts,
@@ -226,26 +226,13 @@ class TimedUNetCalls:
             return [at for at, called_by in self.calls if called_by == request_id]
 
 
-def send_try_on(base_url: str, parts: list, request_id: str) -> socket.socket:
-    """A complete synchronous try-on on a raw socket, left unread: the test hangs up."""
-    body, content_type = multipart(parts)
-    url = urlsplit(base_url)
-    connection = socket.create_connection((url.hostname, url.port))
-    head = (
-        f"POST /api/try-on HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n"
-        f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    connection.sendall(head.encode() + body)
-    return connection
-
-
 def test_a_hang_up_mid_inference_stops_it_and_the_next_one_starts_at_once(
     tiny_weights: Path,
 ) -> None:
     with jobs_server(tiny_weights, cache_mb=0) as (base_url, worker):
         unet = TimedUNetCalls(worker)
         try:
-            quitter = send_try_on(base_url, try_on_parts(**SLOW), "quitter")
+            quitter = send_unread(base_url, try_on_parts(**SLOW), {"X-Request-ID": "quitter"})
             deadline = time.monotonic() + 120
             while len(unet.of("quitter")) < 4:
                 assert time.monotonic() < deadline, "the try-on never started"
