@@ -1,4 +1,4 @@
-"""Measure previews in the service (jobs.md, "Previews"): step -> readable over HTTP, bytes.
+"""Measure previews in the service (README, "Previews"): step -> readable over HTTP, bytes.
 
 uvicorn runs in this process on 127.0.0.1 in demo mode (tiny weights at 96x128, CPU), so the
 device worker's step times and the client's clock are the same `perf_counter`:

@@ -245,7 +245,7 @@ class IdempotencyKeyReusedError(ServiceError):
 
 
 class ImageNotFoundError(ServiceError):
-    """Also for another client's image (keys on): its id must tell nothing (operations.md)."""
+    """Also for another client's image (keys on): its id must tell nothing (README, "Tenants")."""
 
     status_code = 404
     code = "image_not_found"

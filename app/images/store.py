@@ -14,7 +14,7 @@ for a cloth type) live with the image and go with it.
 
 The contract every implementation keeps:
 
-- Ownership (operations.md, Tenants): an image belongs to the client that stored it. Lookups
+- Ownership (README, "Tenants"): an image belongs to the client that stored it. Lookups
   take the asking client's key name (`owner`); another client's image answers exactly as an
   unknown id (404). `owner` None (keys off): the 128-bit id is the capability.
 - Retention: `ttl_s` seconds after the last use; at most `max_images_per_client` per client (its

@@ -30,7 +30,7 @@ MISSING_BROWSER = (
     "browser tests need chromium and chromedriver on PATH "
     "(Debian: apt-get install chromium chromium-driver)"
 )
-# Elements that may carry one of the page's fixed accessible names (playground.md).
+# Elements that may carry one of the page's fixed accessible names (app/static/index.html).
 NAMED_CONTROLS = "input, select, button, a, img, [role]"
 
 T = TypeVar("T")

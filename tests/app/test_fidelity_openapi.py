@@ -23,7 +23,7 @@ from app.inference.worker import InferenceWorker
 
 UNDECODABLE = b"not an image"
 UNKNOWN_ID = "does-not-exist"
-# The values api.md documents for cloth_type: canonical names and dataset aliases.
+# The values the README documents for cloth_type: canonical names and dataset aliases.
 CLOTH_TYPES = [
     "upper", "lower", "overall", "inner", "outer",
     "upper_body", "tops", "lower_body", "bottoms", "dresses", "one-pieces",

@@ -101,7 +101,7 @@ def test_events_stream_each_step_then_end_after_the_final_state(
     documents = [data for _, _, data in events]
     steps = [body["progress"]["step"] for body in documents]
     assert steps == sorted(steps)
-    # Progress is coalesced to at most 10 events a second (operations.md, "Tenants"): tiny steps
+    # Progress is coalesced to at most 10 events a second (README, "Tenants"): tiny steps
     # come faster, so not every step has its event, but the last one and the final state do.
     assert steps[-1] == 10
     assert documents[-1]["status"] == "succeeded"

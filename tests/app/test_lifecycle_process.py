@@ -1,4 +1,5 @@
-"""Draining on SIGTERM/SIGINT (operations.md, Lifecycle), against a real `python -m app` process.
+"""Draining on SIGTERM/SIGINT (README, "Warm-up, draining, restarts"), against a real
+`python -m app` process.
 
 Inferences are made long by asking for more steps on the tiny model, never by sleeping in it.
 """

@@ -1,4 +1,4 @@
-"""GET /metrics over real HTTP (operations.md, Metrics): exact counts, histograms, few series."""
+"""GET /metrics over real HTTP (README, "Metrics"): exact counts, histograms, few series."""
 
 from __future__ import annotations
 

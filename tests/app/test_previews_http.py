@@ -1,4 +1,4 @@
-"""Previews over real HTTP on the tiny weights (README, "Try-on jobs"; spec jobs.md "Previews"):
+"""Previews over real HTTP on the tiny weights (README, "Try-on jobs" and "Previews"):
 the steps the rule picks, the route's ETag / 304 / Preview-Step, 404 preview_not_ready, 410 for a
 forgotten job, the last preview kept after a cancel, none for the synchronous door, and a final
 image bit-identical with previews on and off."""

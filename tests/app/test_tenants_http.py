@@ -1,4 +1,4 @@
-"""Tenants over real HTTP (operations.md, "Tenants"): every client in its own lane.
+"""Tenants over real HTTP (README, "Tenants"): every client in its own lane.
 
 Two keys on one server with tiny weights: ownership of jobs, fair turns between clients, separate
 bounds for the two doors, per-client shares, bounded streams, hang-ups that stop the device, and

@@ -16,7 +16,7 @@ from catvton.attention import (
 )
 from catvton.configs import SD15_INPAINTING_UNET_CONFIG, model_kwargs
 
-# pipeline.md's table: block k -> (UNet module, width).
+# The published checkpoint's layout: block k -> (UNet module, width); see catvton/attention.py.
 PUBLISHED_BLOCKS = [
     ("down_blocks.0.attentions.0", 320),
     ("down_blocks.0.attentions.1", 320),
@@ -63,7 +63,7 @@ def test_real_unet_scheme_widths_and_parameter_count(real_unet_on_meta) -> None:
     for block, (_, width) in enumerate(PUBLISHED_BLOCKS):
         assert parameters[scheme[f"{8 * block}.to_q.weight"]].shape == (width, width)
         assert parameters[scheme[f"{8 * block}.to_out.0.bias"]].shape == (width,)
-    # pipeline.md: 80 tensors, 49,574,080 parameters.
+    # The published attention checkpoint: 80 tensors, 49,574,080 parameters.
     assert sum(parameters[name].numel() for name in scheme.values()) == 49_574_080
 
 
@@ -71,7 +71,7 @@ def test_freeing_cross_attention_saves_the_published_amount() -> None:
     with torch.device("meta"):
         unet = UNet2DConditionModel(**model_kwargs(SD15_INPAINTING_UNET_CONFIG))
     freed = use_pass_through_cross_attention(unet)
-    assert 43e6 < freed < 45e6  # about 44 M (pipeline.md)
+    assert 43e6 < freed < 45e6  # about 44 M (the cross-attention weights the pass-through drops)
     remaining = sum(p.numel() for p in unet.parameters())
     # The paper reports 815.45 M without the cross-attention; its count differs by about 0.12 M.
     assert abs(remaining / 1e6 - 815.45) < 0.2
