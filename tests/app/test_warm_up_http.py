@@ -1,5 +1,6 @@
 """Warm-up (README, "Warm-up, draining, restarts"): on CUDA by default, skipped on the CPU,
-forced with `--warm-up on` (how its code path runs here, on the tiny model, through the real loader)."""
+forced with `--warm-up on` (how its code path runs here, on the tiny model, through the real
+loader)."""
 
 from __future__ import annotations
 
