@@ -25,7 +25,7 @@ from app.cache.results import InMemoryResultCache, ResultCache
 from app.edge.envelope import error_responses, install_error_handlers
 from app.edge.request_id import REQUEST_ID_HEADER, RequestIdMiddleware
 from app.images import routes as images_routes
-from app.images.store import ImageStore, InMemoryImageStore
+from app.images.store import ImageStore, InMemoryImageStore, image_retention
 from app.inference.contract import Worker
 from app.inference.worker import InferenceWorker
 from app.jobs import routes as jobs_routes
@@ -66,11 +66,7 @@ def create_app(
     if job_store is None:
         job_store = InMemoryJobStore(**job_retention(settings))
     if image_store is None:
-        image_store = InMemoryImageStore(
-            ttl_s=settings.image_ttl,
-            max_bytes=settings.image_store_bytes,
-            max_images_per_client=settings.max_images_per_client,
-        )
+        image_store = InMemoryImageStore(**image_retention(settings))
     if cache is None and settings.cache_bytes > 0:
         cache = InMemoryResultCache(settings.cache_bytes)
     metrics = ServiceMetrics(worker)

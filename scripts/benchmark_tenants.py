@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+from benchmark_jobs import percentile
 from machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +42,6 @@ from catvton.tiny import write_tiny_weights  # noqa: E402
 JOBS = "/api/try-on/jobs"
 FAST = {"num_inference_steps": "10", "guidance_scale": "1.0", "seed": "-1"}
 CLIENTS = ["alice", "bob", "carol", "dave"]
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def pick_cost_ms(clients: int, picks: int) -> float:

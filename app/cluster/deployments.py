@@ -27,6 +27,7 @@ from app.cluster.remote_worker import RemoteWorker
 from app.cluster.replica import TryOnReplica
 from app.cluster.settings import ClusterSettings
 from app.cluster.shared_jobs import SharedJobRunner
+from app.images.store import image_retention
 from app.jobs.store import job_retention
 from app.main import create_app
 from app.settings import Settings
@@ -61,12 +62,7 @@ class Ingress:
         store = RedisJobStore(redis, **job_retention(settings))
         cache = RedisResultCache(redis, settings.cache_bytes) if settings.cache_bytes > 0 else None
         # Stored images: any ingress replica serves a try-on naming one stored through another.
-        images = RedisImageStore(
-            redis,
-            ttl_s=settings.image_ttl,
-            max_bytes=settings.image_store_bytes,
-            max_images_per_client=settings.max_images_per_client,
-        )
+        images = RedisImageStore(redis, **image_retention(settings))
         replica_id = serve.get_replica_context().replica_id.unique_id
         active_work = (
             RedisActiveWork(redis, replica_id, settings.max_active_per_client)

@@ -18,14 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app.edge.errors import ImageExpiredError, ImageNotFoundError
-from app.images.store import (
-    FITTED_PARTS,
-    PIN_LEASE_S,
-    TOMBSTONE_S,
-    ImageStore,
-    Pixels,
-    StoredImage,
-)
+from app.images.store import FITTED_PARTS, PIN_LEASE_S, TOMBSTONE_S, ImageStore, Pixels, StoredImage
 
 PREFIX = "catvton:images:"
 

@@ -65,20 +65,25 @@ class ReplicaRegistry:
             pipe.sadd(IDS_KEY, report["id"])
             await pipe.execute()
 
-    async def draining(self) -> bool:
-        """Whether the whole service drains (see DRAIN_KEY)."""
-        return await draining(self._redis)
-
     async def read(self) -> list[ReplicaReport]:
         """Every live replica's latest report, sorted by id; forgets ids whose report expired."""
-        ids = sorted(member.decode() for member in await self._redis.smembers(IDS_KEY))
+        reports, _ = await self.read_with_drain()
+        return reports
+
+    async def read_with_drain(self) -> tuple[list[ReplicaReport], bool]:
+        """`read`, and whether the whole service drains (DRAIN_KEY), in the same round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(IDS_KEY)
+            pipe.exists(DRAIN_KEY)
+            members, drain_flag = await pipe.execute()
+        ids = sorted(member.decode() for member in members)
         if not ids:
-            return []
+            return [], bool(drain_flag)
         values: list[Any] = await self._redis.mget([KEY_PREFIX + replica_id for replica_id in ids])
         expired = [name for name, value in zip(ids, values, strict=True) if value is None]
         if expired:
             await self._redis.srem(IDS_KEY, *expired)
-        return [json.loads(value) for value in values if value is not None]
+        return [json.loads(value) for value in values if value is not None], bool(drain_flag)
 
 
 async def announce_drain(redis: Redis, seconds: float) -> None:
@@ -88,10 +93,6 @@ async def announce_drain(redis: Redis, seconds: float) -> None:
 
 async def end_drain(redis: Redis) -> None:
     await redis.delete(DRAIN_KEY)
-
-
-async def draining(redis: Redis) -> bool:
-    return bool(await redis.exists(DRAIN_KEY))
 
 
 class ReplicaView:
@@ -117,8 +118,7 @@ class ReplicaView:
     async def refresh(self) -> None:
         """Read the reports; while Redis is down keep the last ones and say why."""
         try:
-            reports = await self._registry.read()
-            self.draining = await self._registry.draining()
+            reports, self.draining = await self._registry.read_with_drain()
         except Exception as exc:
             self.unreadable(exc)
         else:

@@ -27,7 +27,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app.edge.errors import JobExpiredError, JobNotFoundError, ShuttingDownError, WorkerStoppedError
-from app.jobs.records import JobRecord, short_id
+from app.edge.ids import short_id
+from app.jobs.records import JobRecord
 from app.jobs.runner import JobRunner
 
 logger = logging.getLogger(__name__)

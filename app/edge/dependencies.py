@@ -44,7 +44,7 @@ async def get_streams(request: Request) -> StreamSlots:
 
 
 async def get_images(request: Request) -> ImageStore:
-    """The stored images (app/images), also read by the try-on flow for `*_image_id` fields."""
+    """The stored images (app/images): their routes, and both try-on doors' `*_image_id` fields."""
     return request.app.state.images
 
 

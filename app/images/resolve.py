@@ -22,7 +22,8 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.edge.errors import ImageExpiredError, ImageNotFoundError, InvalidFieldError
-from app.images.store import IMAGE_ID_PATTERN, ImageStore, Pixels, StoredImage, new_image_id
+from app.edge.ids import ID_PATTERN, new_id
+from app.images.store import ImageStore, Pixels, StoredImage
 from app.media.decoding import upright_size
 from app.media.intake import Intake, TryOnImages, settle_all
 from app.media.uploads import ACCEPTED_FORMATS, FILE_FIELDS, REQUIRED_FILE_FIELDS, Upload
@@ -66,7 +67,7 @@ async def resolve_ids(
     stored = {}
     for part, image_id in ids.items():
         id_field = ID_FIELDS[part]
-        if not IMAGE_ID_PATTERN.match(image_id):
+        if not ID_PATTERN.match(image_id):
             raise ImageNotFoundError(id_field)  # a malformed id can name no image
         try:
             image = await store.get(image_id, owner)
@@ -137,7 +138,7 @@ async def stored_form(
     sha256 = await run_in_threadpool(lambda: hashlib.sha256(upload.data).hexdigest())
     width, height = await run_in_threadpool(upright_size, upload)
     return StoredImage(
-        image_id=new_image_id(),
+        image_id=new_id(),
         client=client,
         width=width,
         height=height,

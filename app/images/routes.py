@@ -16,8 +16,9 @@ from app.edge.context import request_context
 from app.edge.dependencies import ImagesDep, IntakeDep, WorkerDep
 from app.edge.envelope import error_responses
 from app.edge.errors import ImageNotFoundError
+from app.edge.ids import ID_PATTERN, short_id
 from app.images.resolve import IMAGE_FIELD, stored_form
-from app.images.store import IMAGE_ID_PATTERN, StoredImage
+from app.images.store import StoredImage
 from app.jobs.documents import iso_time
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ async def valid_image_id(
     image_id: Annotated[str, Path(description="the imageId of the upload's answer")],
 ) -> str:
     """A malformed id can name no image: 404 without a lookup (never a 422)."""
-    if not IMAGE_ID_PATTERN.match(image_id):
+    if not ID_PATTERN.match(image_id):
         raise ImageNotFoundError()
     return image_id
 
@@ -94,7 +95,7 @@ async def store_image(
         form = await intake.receive(request, file_fields=(IMAGE_FIELD,), required=(IMAGE_FIELD,))
         image = await stored_form(form.files[IMAGE_FIELD], intake, worker.size, client_id(request))
     image = await images.add(image)
-    logger.info("image %s stored (%d bytes uploaded)", image.image_id[:8], image.upload_bytes)
+    logger.info("image %s stored (%d bytes uploaded)", short_id(image.image_id), image.upload_bytes)
     return Response(
         render(image),
         201,

@@ -30,31 +30,34 @@ The contract every implementation keeps:
 from __future__ import annotations
 
 import asyncio
-import re
-import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from PIL import Image
 
 from app.edge.errors import ImageExpiredError, ImageNotFoundError
+from app.settings import Settings
 from catvton.preprocess import FITTED_MASK_INFO
 
 TOMBSTONE_S = 24 * 3600
 # A pin outlives a lost unpin (a crashed ingress, a refused submit) by at most this long.
 PIN_LEASE_S = 3 * 3600.0
 MAX_TOMBSTONES = 100_000  # ~10 MB of ids; beyond it the oldest answer 404 instead of 410 early
-IMAGE_ID_BYTES = 16  # 128 random bits: with keys off the id is the capability
-IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 # The parts a stored image may play in a try-on, by the try-on's file field names.
 FITTED_PARTS = ("person_image", "cloth_image", "mask_image")
 
 
-def new_image_id() -> str:
-    return secrets.token_urlsafe(IMAGE_ID_BYTES)
+def image_retention(settings: Settings) -> dict[str, Any]:
+    """The retention keywords of every image store, as `settings` say (one place for both)."""
+    return {
+        "ttl_s": settings.image_ttl,
+        "max_bytes": settings.image_store_bytes,
+        "max_images_per_client": settings.max_images_per_client,
+    }
 
 
 @dataclass(frozen=True)

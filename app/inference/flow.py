@@ -164,6 +164,7 @@ async def prepare_try_on(
     worker: Worker,
     intake: Intake,
     cache: ResultCache | None,
+    store: ImageStore,
     timer: StageTimer,
     *,
     watch: Callable[[], Awaitable[Any]] | None = None,
@@ -184,7 +185,6 @@ async def prepare_try_on(
     client = client_id(request)
     context.steps = received.options.num_inference_steps
     hung_up = asyncio.ensure_future(watch()) if watch is not None else None
-    store: ImageStore = request.app.state.images  # as app/edge/dependencies.py (an import cycle)
     try:
         if received.ids:
             received.stored = await resolve_ids(received.ids, store, context.client, worker.size)

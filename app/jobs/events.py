@@ -30,8 +30,9 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from app.edge.errors import JobExpiredError, JobNotFoundError, TooManyStreamsError
+from app.edge.ids import short_id
 from app.jobs.documents import JobPreviewDocument, preview_url, render_json
-from app.jobs.records import JobRecord, short_id
+from app.jobs.records import JobRecord
 from app.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)

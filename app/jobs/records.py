@@ -7,8 +7,6 @@ snapshots: a store replaces them, so a reader never sees half an update.
 
 from __future__ import annotations
 
-import re
-import secrets
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -16,25 +14,6 @@ from pydantic import BaseModel, ConfigDict
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 JobStage = Literal["queued", "masking", "denoising", "decoding", "encoding"]
 FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
-
-# token_urlsafe(16): 128 random bits, 22 characters. Ids are capabilities (knowing one is enough
-# to read the job), so they must not be guessable; the pattern lets a route refuse a malformed id
-# (404) without a store lookup.
-JOB_ID_BYTES = 16
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
-
-
-def new_job_id() -> str:
-    return secrets.token_urlsafe(JOB_ID_BYTES)
-
-
-LOGGED_ID_CHARS = 8
-
-
-def short_id(job_id: str) -> str:
-    """What a log line may print of a job id: with keys off the id is the capability to read
-    and cancel the job, so a log reader must not be able to use it (README, "Tenants")."""
-    return job_id[:LOGGED_ID_CHARS]
 
 
 class JobError(BaseModel):

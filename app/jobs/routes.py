@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from app.access.limits import take_active_slot
 from app.edge.clients import client_id
 from app.edge.context import request_context
-from app.edge.dependencies import CacheDep, IntakeDep, JobsDep, StreamsDep, WorkerDep
+from app.edge.dependencies import CacheDep, ImagesDep, IntakeDep, JobsDep, StreamsDep, WorkerDep
 from app.edge.envelope import error_responses
 from app.edge.errors import (
     IdempotencyKeyReusedError,
@@ -32,6 +32,7 @@ from app.edge.errors import (
     JobNotFoundError,
     PreviewNotReadyError,
 )
+from app.edge.ids import ID_PATTERN, short_id
 from app.inference.flow import (
     PreparedTryOn,
     StageTimer,
@@ -41,7 +42,7 @@ from app.inference.flow import (
 )
 from app.jobs.documents import JOBS_PATH, JobDocument, render_json
 from app.jobs.events import event_stream
-from app.jobs.records import JOB_ID_PATTERN, JobRecord, short_id
+from app.jobs.records import JobRecord
 from app.jobs.store import JobStore
 from app.media.encoding import EncodedResult
 from app.routes.try_on import TRY_ON_REQUEST_BODY
@@ -58,7 +59,7 @@ async def valid_job_id(
 ) -> str:
     """A malformed id can name no job: 404 without a lookup (never a 422 or 500). A coroutine:
     a plain dependency would run in the thread pool, which uploads may have taken."""
-    if not JOB_ID_PATTERN.match(job_id):
+    if not ID_PATTERN.match(job_id):
         raise JobNotFoundError()
     return job_id
 
@@ -120,7 +121,12 @@ def document_response(
     summary="Submit a try-on job (the same fields as POST /api/try-on)",
 )
 async def submit_job(
-    request: Request, worker: WorkerDep, intake: IntakeDep, cache: CacheDep, jobs: JobsDep
+    request: Request,
+    worker: WorkerDep,
+    intake: IntakeDep,
+    cache: CacheDep,
+    images: ImagesDep,
+    jobs: JobsDep,
 ) -> Response:
     """202 + Location at once; errors found before queueing are answered at once."""
     timer = StageTimer()
@@ -140,7 +146,7 @@ async def submit_job(
     # `submit` times the whole intake, up to the queued job (scripts/benchmark_jobs.py).
     with timer("submit"), worker.admission("job"):  # 503 before any byte: loading, full, ...
         # Receive, the result cache, then 1. decode and 2. preprocess (as the synchronous door)
-        prepared = await prepare_try_on(request, worker, intake, cache, timer)
+        prepared = await prepare_try_on(request, worker, intake, cache, images, timer)
         received = prepared.received
         record = jobs.new_record(
             client=client,

@@ -21,10 +21,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.cache.results import ResultCache
 from app.edge.errors import JobExpiredError, JobNotFoundError, ServiceError
+from app.edge.ids import new_id, short_id
 from app.edge.schemas import TryOnOptions
 from app.inference.contract import QueuedWork, TryOnJob, Worker
 from app.inference.flow import StageTimer, encode_outcome
-from app.jobs.records import JobError, JobOutput, JobRecord, new_job_id, short_id
+from app.jobs.records import JobError, JobOutput, JobRecord
 from app.jobs.store import JobStore
 from app.media.encoding import EncodedResult
 from catvton.errors import InferenceCanceledError, InvalidInputError
@@ -118,7 +119,7 @@ class JobRunner:
         fingerprint: str | None,
     ) -> JobRecord:
         return JobRecord(
-            job_id=new_job_id(),
+            job_id=new_id(),
             client=client,
             request_id=request_id,
             total_steps=options.num_inference_steps,

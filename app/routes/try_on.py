@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.edge.context import request_context
-from app.edge.dependencies import CacheDep, IntakeDep, WorkerDep
+from app.edge.dependencies import CacheDep, ImagesDep, IntakeDep, WorkerDep
 from app.edge.envelope import error_responses
 from app.edge.schemas import TryOnOptions, TryOnResponse
 from app.inference.flow import StageTimer, encode_outcome, prepare_try_on, success_body
@@ -54,7 +54,7 @@ async def wait_for_disconnect(request: Request) -> None:
     summary="Dress the person in the garment",
 )
 async def try_on(
-    request: Request, worker: WorkerDep, intake: IntakeDep, cache: CacheDep
+    request: Request, worker: WorkerDep, intake: IntakeDep, cache: CacheDep, images: ImagesDep
 ) -> Response:
     """Multipart in (person_image, cloth_image, optional mask_image, or their *_id fields naming
     stored images, and options), JSON out."""
@@ -66,7 +66,13 @@ async def try_on(
         # while its uploads decode never reaches the queue; one that hangs up while its
         # inference runs stops it at the next step.
         prepared = await prepare_try_on(
-            request, worker, intake, cache, timer, watch=partial(wait_for_disconnect, request)
+            request,
+            worker,
+            intake,
+            cache,
+            images,
+            timer,
+            watch=partial(wait_for_disconnect, request),
         )
         if prepared.cached is not None:
             prepared.stop_watching()

@@ -10,14 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from app.edge.errors import ImageExpiredError, ImageNotFoundError
-from app.images.store import (
-    TOMBSTONE_S,
-    ImageStore,
-    InMemoryImageStore,
-    Pixels,
-    StoredImage,
-    new_image_id,
-)
+from app.edge.ids import new_id
+from app.images.store import TOMBSTONE_S, ImageStore, InMemoryImageStore, Pixels, StoredImage
 
 pytestmark = pytest.mark.anyio
 SIZE = (4, 2)
@@ -66,7 +60,7 @@ def new_store(request: pytest.FixtureRequest) -> NewStore:
 def make_image(client: str = "alice", fill: int = 1) -> StoredImage:
     rgb = Pixels("RGB", *SIZE, bytes([fill]) * 24)
     return StoredImage(
-        image_id=new_image_id(),
+        image_id=new_id(),
         client=client,
         width=40,
         height=20,
@@ -96,7 +90,7 @@ async def test_an_image_comes_back_as_stored_to_its_owner_only(new_store: NewSto
     with pytest.raises(ImageNotFoundError):
         await other_replica.delete(image.image_id, "bob")
     with pytest.raises(ImageNotFoundError):
-        await other_replica.get(new_image_id(), "alice")
+        await other_replica.get(new_id(), "alice")
     await other_replica.delete(image.image_id, "alice")
     with pytest.raises(ImageNotFoundError):  # deleted: 404 at once, no tombstone
         await new_store(clock).get(image.image_id, "alice")

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from app.edge.errors import JobExpiredError, JobNotFoundError
-from app.jobs.records import JobRecord, new_job_id
+from app.edge.ids import new_id
+from app.jobs.records import JobRecord
 from app.jobs.store import TOMBSTONE_S, InMemoryJobStore, JobStore
 from app.media.encoding import EncodedImage, EncodedResult
 
@@ -68,7 +69,7 @@ async def count(store: JobStore) -> int:
 
 def make_record(clock: Clock, **fields: object) -> JobRecord:
     values: dict[str, object] = {
-        "job_id": new_job_id(),
+        "job_id": new_id(),
         "client": "127.0.0.1",
         "request_id": "r1",
         "total_steps": 10,
