@@ -181,7 +181,7 @@ class ActiveWork(ABC):
         if self.counts[client] <= 0:
             del self.counts[client]
 
-    def refuse(self, held: int) -> TooManyActiveRequestsError:
+    def refuse(self, held: int) -> ServiceError:
         return TooManyActiveRequestsError(
             f"This client already has {held} try-ons queued or running (at most "
             f"{self.max_per_client}); wait for one to finish."

@@ -54,9 +54,11 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         started = time.monotonic()
         self.worker.begin_drain()
-        while not self.worker.status().idle and time.monotonic() - started < self.drain_timeout:
+        while not (idle := self.worker.status().idle) and (
+            time.monotonic() - started < self.drain_timeout
+        ):
             await asyncio.sleep(DRAIN_POLL_S)
-        if self.worker.status().idle:
+        if idle:
             logger.info("drained in %.1f s; shutting down", time.monotonic() - started)
         else:
             logger.warning(

@@ -225,8 +225,6 @@ class WorkerStatus:
 class Worker(Protocol):
     """What the app may use of the thing that runs try-ons (see the module docstring)."""
 
-    max_queued_jobs: int
-
     def status(self) -> WorkerStatus:
         """The snapshot /health, /metrics and the lifecycle read."""
 

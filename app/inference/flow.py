@@ -186,8 +186,9 @@ async def prepare_try_on(
     context.steps = received.options.num_inference_steps
     hung_up = asyncio.ensure_future(watch()) if watch is not None else None
     try:
+        size = worker.size  # the working size: admission saw a model ready
         if received.ids:
-            received.stored = await resolve_ids(received.ids, store, context.client, worker.size)
+            received.stored = await resolve_ids(received.ids, store, context.client, size)
         key = await received.cache_key(worker.model_identity) if cache is not None else None
         if key and cache is not None:
             result = await cache.get(key)
@@ -197,9 +198,7 @@ async def prepare_try_on(
                     received, key, cached=result, images=None, client=client, hung_up=hung_up
                 )
         # 1. Decode and 2. preprocess (thread pool): bytes -> RGB images at the working size
-        images = await assemble_images(
-            received.form.files, received.stored, worker.size, intake, timer
-        )
+        images = await assemble_images(received.form.files, received.stored, size, intake, timer)
         keep_mask = await reuse_automatic_mask(received, images, store)
     except BaseException:
         if hung_up is not None:
@@ -238,15 +237,15 @@ async def reuse_automatic_mask(
 
 async def encode_outcome(
     outcome: TryOnOutcome,
-    options: TryOnOptions,
+    job: TryOnJob,
     timer: StageTimer,
     cache: ResultCache | None,
     cache_key: str | None,
-    job: TryOnJob | None = None,
 ) -> EncodedResult:
-    """Stage 4 (thread pool): the image in the requested format, the mask as PNG; remembered in
+    """Stage 4 (thread pool): the image in `job`'s output format, the mask as PNG; remembered in
     the result cache under `cache_key`, when there is one; the `job`'s own `on_outcome` first."""
-    if job is not None and job.on_outcome is not None:
+    options = job.options
+    if job.on_outcome is not None:
         await job.on_outcome(outcome)
     timer.add_seconds(outcome.timings)
     with timer("encode"):

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -29,7 +28,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from app.edge.errors import JobExpiredError, JobNotFoundError, TooManyStreamsError
+from app.access.limits import InMemoryActiveWork
+from app.edge.errors import JobExpiredError, JobNotFoundError, ServiceError, TooManyStreamsError
 from app.edge.ids import short_id
 from app.jobs.documents import JobPreviewDocument, preview_url, render_json
 from app.jobs.records import JobRecord
@@ -42,29 +42,12 @@ SEND_TIMEOUT_S = 30  # a client that reads nothing this long (its socket full) l
 MAX_EVENTS_PER_S = 10
 
 
-class StreamSlots:
-    """Open event streams per client, at most `max_per_client` each (this process's count)."""
+class StreamSlots(InMemoryActiveWork):
+    """Open event streams per client, at most `max_per_client` each (this process's count): the
+    same counting as active work (`acquire` a slot, release it once), refused with its own 429."""
 
-    def __init__(self, max_per_client: int) -> None:
-        self.max_per_client = max_per_client
-        self.open: Counter[str] = Counter()
-
-    def take(self, client: str) -> Callable[[], None]:
-        """One stream for `client`, or TooManyStreamsError; returns its release (idempotent)."""
-        if self.open[client] >= self.max_per_client:
-            raise TooManyStreamsError(self.max_per_client)
-        self.open[client] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.open[client] -= 1
-                if self.open[client] <= 0:
-                    del self.open[client]
-
-        return release
+    def refuse(self, held: int) -> ServiceError:
+        return TooManyStreamsError(self.max_per_client)
 
 
 @dataclass

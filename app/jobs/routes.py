@@ -218,7 +218,7 @@ async def job_events(
 ) -> EventSourceResponse:
     # `OwnedJob` answered 404 / 410 as a plain answer, before the stream starts; past the
     # client's streams, 429 too_many_streams.
-    release = streams.take(client_id(request))
+    release = (await streams.acquire(client_id(request))).release
     return event_stream(jobs.store, record.job_id, request_context(request).request_id, release)
 
 

@@ -240,9 +240,7 @@ class JobRunner:
             await self._cancelled(job_id)
             return
         await self.store.update(job_id, stage="encoding")
-        result = await encode_outcome(
-            outcome, work.job.options, timer, self.cache, cache_key, job=work.job
-        )
+        result = await encode_outcome(outcome, work.job, timer, self.cache, cache_key)
         if work.stop.is_set():
             await self._cancelled(job_id)
             return

@@ -26,6 +26,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from app.edge.errors import ImageTooSmallError, PayloadTooLargeError, UnsupportedImageError
 from app.media.uploads import ACCEPTED_FORMATS, Upload
+from catvton import preprocess
 from catvton.preprocess import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -110,8 +111,7 @@ def upright_size(upload: Upload) -> tuple[int, int]:
         width, height = pillow_heif.open_heif(io.BytesIO(upload.data)).size
         return width, height
     with Image.open(io.BytesIO(upload.data)) as image:
-        width, height = image.size
-        return (height, width) if _orientation(image) in TRANSPOSING_ORIENTATIONS else image.size
+        return preprocess.upright_size(image)
 
 
 def decode_image(

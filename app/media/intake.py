@@ -147,15 +147,6 @@ class Intake:
             request, self.upload_limits, file_fields=file_fields, required=required
         )
 
-    async def decode(self, form: ReceivedForm, size: tuple[int, int]) -> TryOnImages:
-        """Stage 1 of a try-on: every uploaded file -> image (`decode_files`)."""
-        images = await self.decode_files(form.files, size)
-        return TryOnImages(
-            person_image=images["person_image"],
-            cloth_image=images["cloth_image"],
-            mask_image=images.get("mask_image"),
-        )
-
     async def decode_files(
         self, files: Mapping[str, Upload], size: tuple[int, int]
     ) -> dict[str, Image.Image]:

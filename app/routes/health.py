@@ -14,12 +14,12 @@ from app.edge.dependencies import SettingsDep, WorkerDep
 from app.edge.envelope import health_headers, health_status_code
 from app.edge.schemas import GpuMemoryReport, HealthResponse
 from app.inference.contract import GpuMemory, WorkerStatus
+from app.settings import MEBIBYTE
 
 router = APIRouter(tags=["health"])
 
 DEMO_NOTE = "DEMO MODE: tiny random weights, results are noise (for integration only)"
 UPSCALE_NOTE = "; the tiny model runs at {0}x{1} and its results are upscaled to {2}x{3}"
-MEBIBYTE = 1024 * 1024
 
 
 def describe(status: WorkerStatus, demo: bool) -> str:

@@ -87,9 +87,7 @@ async def try_on(
             outcome = await worker.run(job, disconnected=lambda: hung_up)
 
         # 4. Encode (thread pool): PNG/JPEG/WebP bytes, the mask as PNG; kept in the result cache
-        result = await encode_outcome(
-            outcome, prepared.options, timer, cache, prepared.cache_key, job=job
-        )
+        result = await encode_outcome(outcome, job, timer, cache, prepared.cache_key)
     finally:
         prepared.stop_watching()
         prepared.release()  # its stored images may be evicted again
