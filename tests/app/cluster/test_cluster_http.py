@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from cluster_helpers import QUEUE_BOUND, Cluster, wait_for_replica_running
+from cluster_helpers import HOLD, QUEUE_BOUND, Cluster, wait_for_replica_running
 from http_helpers import FAST, assert_envelope, post_try_on, try_on_parts
 from jobs_helpers import JOBS, document, masked_parts, submit, wait_final, wait_for_job
 from test_try_on_http import (  # noqa: F401  (collected here, against the cluster)
@@ -37,7 +37,6 @@ from app.cluster.registry import HEARTBEAT_S
 from app.edge.schemas import HealthResponse
 
 SLOWER = {"num_inference_steps": "30", "guidance_scale": "1.0"}
-HOLD = {"num_inference_steps": "100", "guidance_scale": "7.5"}  # the longest try-on there is
 
 
 def served_per_replica(cluster: Cluster) -> dict[str, int]:
