@@ -164,7 +164,8 @@ class Settings(BaseSettings):
     )
     rate_limit: str | None = Field(
         None,
-        description="try-ons per client in the limits notation, e.g. '30/minute;500/day' "
+        description="try-ons per client (and, counted apart, stored-image uploads) in the "
+        "limits notation, e.g. '30/minute;500/day' "
         "(in quotes: a shell ends the command at ;); unset: off",
     )
     max_active_per_client: int = Field(

@@ -1,10 +1,12 @@
 """Fair use per client: a rate limit on new work and a cap on each client's active work.
 
-Both apply to the routes that create GPU work (`WORK_ROUTES`), per `client_id` (the key's name, or
-the IP when keys are off), before the upload is read:
+Both apply per `client_id` (the key's name, or the IP when keys are off), before the upload is
+read, to the routes that create GPU work (`WORK_ROUTES`); the rate limit also applies, counted
+apart, to stored-image uploads (`RATE_LIMITED_ROUTES`: each one decodes and fits a photo, and
+storing one must not spend a try-on):
 
 - `--rate-limit` (the `limits` library's notation, e.g. `'30/minute;500/day'`): a fixed window per
-  client and item, opened by the client's first request in it. Every answer of a work route
+  client and item, opened by the client's first request in it. Every answer of a limited route
   carries the IETF `RateLimit-Policy` and `RateLimit` fields; past the limit, 429 `rate_limited`
   with `Retry-After` (when the window closes). Fixed rather than moving: a moving window's
   in-memory storage sweeps every client's timestamps in the background (one thread hop per
@@ -48,8 +50,23 @@ logger = logging.getLogger(__name__)
 
 # The routes that create GPU work: the synchronous try-on and the jobs' submit.
 WORK_ROUTES = frozenset({("POST", "/api/try-on"), ("POST", "/api/try-on/jobs")})
+IMAGE_STORE_ROUTE = ("POST", "/api/try-on/images")
+
+
+@dataclass(frozen=True)
+class RateCounter:
+    """Which of a client's counters a route spends, and what a refusal calls its requests."""
+
+    namespace: str
+    requests: str
+
+
+TRY_ONS = RateCounter("try-on", "try-ons")
+RATE_LIMITED_ROUTES = {
+    **dict.fromkeys(WORK_ROUTES, TRY_ONS),
+    IMAGE_STORE_ROUTE: RateCounter("images", "image uploads"),
+}
 LIMIT_HEADERS = ("RateLimit-Policy", "RateLimit")  # draft-ietf-httpapi-ratelimit-headers
-LIMIT_NAMESPACE = "try-on"
 
 
 def parse_rate_limit(text: str) -> list[RateLimitItem]:
@@ -109,10 +126,10 @@ class RateLimits:
             f'"{policy_name(item)}";q={item.amount};w={item.get_expiry()}' for item in items
         )
 
-    async def hit(self, client: str) -> RateVerdict:
-        """Count one request of `client`; the first exhausted item refuses it, and the items
-        after that one are not counted."""
-        key = (LIMIT_NAMESPACE, client)
+    async def hit(self, client: str, counter: RateCounter = TRY_ONS) -> RateVerdict:
+        """Count one request of `client` on `counter`; the first exhausted item refuses it, and
+        the items after that one are not counted."""
+        key = (counter.namespace, client)
         refused = None
         for item in self.items:
             if not await self.limiter.hit(item, *key):
@@ -213,7 +230,8 @@ def take_active_slot(connection: HTTPConnection) -> ActiveSlot | None:
 
 
 class LimitsMiddleware:
-    """Applies the rate limit and the active-work cap to `WORK_ROUTES`, before the body is read."""
+    """Applies the rate limit to `RATE_LIMITED_ROUTES` and the active-work cap to `WORK_ROUTES`,
+    before the body is read."""
 
     def __init__(
         self, app: ASGIApp, rate_limits: RateLimits | None, active_work: ActiveWork | None
@@ -223,21 +241,23 @@ class LimitsMiddleware:
         self.active_work = active_work
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) not in WORK_ROUTES:
+        route = (scope["method"], scope["path"]) if scope["type"] == "http" else None
+        counter = RATE_LIMITED_ROUTES.get(route) if route is not None else None
+        if counter is None:
             await self.app(scope, receive, send)
             return
         client = client_id(HTTPConnection(scope))
         headers: dict[str, str] = {}
         slot = None
         try:
-            if self.rate_limits is not None and (verdict := await self.count(client)):
+            if self.rate_limits is not None and (verdict := await self.count(client, counter)):
                 headers = verdict.headers
                 if not verdict.allowed:
                     raise RateLimitedError(
-                        f"Too many try-ons: this client's limit is {self.describe()}; try again "
-                        f"in {headers['Retry-After']} s."
+                        f"Too many {counter.requests}: this client's limit is "
+                        f"{self.describe()}; try again in {headers['Retry-After']} s."
                     )
-            if self.active_work is not None:
+            if self.active_work is not None and route in WORK_ROUTES:
                 slot = await self.active_work.acquire(client)
                 request_context(scope).active_slot = slot
         except ServiceError as error:
@@ -259,13 +279,13 @@ class LimitsMiddleware:
             if slot is not None and not (slot.handed_over and 200 <= status < 300):
                 slot.release()
 
-    async def count(self, client: str) -> RateVerdict | None:
+    async def count(self, client: str, counter: RateCounter) -> RateVerdict | None:
         """`rate_limits.hit`, or None when the counters' storage cannot be reached (a shared Redis
         restarting): the request is then served without a limit rather than refused, logged each
         time, as synchronous try-ons keep working while Redis is down."""
         assert self.rate_limits is not None
         try:
-            return await self.rate_limits.hit(client)
+            return await self.rate_limits.hit(client, counter)
         except Exception as exc:  # whatever the storage's client raises
             logger.warning("rate limit not counted for %s: storage unavailable (%s)", client, exc)
             return None

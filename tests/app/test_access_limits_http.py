@@ -13,7 +13,9 @@ import pytest
 from http_helpers import (
     FAST,
     assert_envelope,
+    image_bytes,
     multipart,
+    post_parts,
     post_try_on,
     serve,
     tiny_settings,
@@ -21,7 +23,7 @@ from http_helpers import (
     wait_until_ready,
 )
 
-KEYS = {name: f"{name}-0123456789abcdef" for name in ("alice", "bob", "carol", "dave")}
+KEYS = {name: f"{name}-0123456789abcdef" for name in ("alice", "bob", "carol", "dave", "erin")}
 NOT_MULTIPART = {"Content-Type": "text/plain"}  # 422 at once: counted, but no GPU time
 
 
@@ -70,6 +72,26 @@ def test_a_client_over_its_limit_while_another_keeps_getting_200(limited_server:
     # Polling and other routes are not counted (the health check never is).
     assert "RateLimit" not in httpx.get(f"{limited_server}/health").headers
     assert "RateLimit" not in httpx.get(f"{limited_server}/docs", headers=key("alice")).headers
+
+
+def test_image_uploads_have_the_same_limit_on_their_own_counter(limited_server: str) -> None:
+    """Storing a photo decodes and fits it, so uploads are limited like try-ons, but counted
+    apart: a client that stored its photos still has every try-on of its budget."""
+    url = f"{limited_server}/api/try-on/images"
+    photo = [("image", image_bytes(), "p.jpg", "image/jpeg")]
+    for expected in ([2, 99], [1, 98], [0, 97]):
+        stored = post_parts(url, photo, headers=key("erin"))
+        assert stored.status_code == 201, stored.text
+        assert remaining(stored) == expected
+    refused = post_parts(url, photo, headers=key("erin"))
+    assert_envelope(refused, 429, "rate_limited", "image uploads")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    try_on = httpx.post(
+        f"{limited_server}/api/try-on", content=b"x", headers={**key("erin"), **NOT_MULTIPART}
+    )
+    assert try_on.status_code == 422 and remaining(try_on) == [2, 99]
+    read = httpx.get(f"{url}/{stored.json()['imageId']}", headers=key("erin"))
+    assert read.status_code == 200 and "RateLimit" not in read.headers
 
 
 def test_active_work_per_client_is_capped(limited_server: str) -> None:
