@@ -5,11 +5,14 @@ process's with what only the cluster knows: the replicas and Redis (`ClusterStat
 
 - Synchronous door: one Serve call per request; past Serve's queue bound (`max_queued_requests`)
   the 503 `gpu_busy` envelope; a client that leaves cancels the call (a queued one never runs).
-- Job door: jobs wait here, in front of Serve, up to `max_queued_jobs` per ingress replica, and
-  are fed to Serve as it accepts them (a back-pressure refusal means "not yet"). Each runs as a
-  streaming call whose progress events go to the job's listener (the runner writes them into the
-  shared store); cancelling stops it at its next step. A replica that dies mid-job: the job runs
-  once more on another replica (its step count never goes back), then fails `worker_stopped`.
+- Job door: jobs wait here, in front of Serve, up to `max_queued_jobs` per ingress replica, in
+  the single process's fair turns (one lane per client, taken in turn: app/inference/waiting.py),
+  and are handed to Serve one per ready try-on replica at a time (a back-pressure refusal means
+  "not yet"): a client with 40 jobs delays another client's job here by at most one of its own.
+  Each runs as a streaming call whose progress events go to the job's listener (the runner
+  writes them into the shared store); cancelling stops it at its next step. A replica that dies
+  mid-job: the job runs once more on another replica (its step count never goes back), then
+  fails `worker_stopped`.
 
 Which replicas are up comes from their reports in Redis (`registry`), read in the background, so
 admission and /health never wait on the network.
@@ -50,6 +53,8 @@ from app.inference.contract import (
     WorkerState,
     WorkListener,
 )
+from app.inference.estimates import StepTimes
+from app.inference.waiting import WaitingLine
 from catvton.errors import InferenceCanceledError
 
 logger = logging.getLogger(__name__)
@@ -101,9 +106,13 @@ class RemoteWorker:
         self._stopping = False  # Serve is stopping this ingress replica (SharedJobRunner.drain)
         self.started_at = time.monotonic()
         self._in_flight = 0  # synchronous calls handed to Serve, not yet answered
-        self._waiting_jobs: list[QueuedWork] = []  # jobs not yet on a replica, in order
-        self._job_tasks: dict[int, asyncio.Task[None]] = {}  # by id(work): work is unhashable
+        # Jobs not yet handed to Serve, in fair turns. Positions only: the step times are the
+        # replicas', so no ETA is told here (it stays None).
+        self._waiting_jobs = WaitingLine(StepTimes())
+        self._job_tasks: dict[int, asyncio.Task[None]] = {}  # handed to Serve, by id(work)
+        self._room_for_jobs = asyncio.Event()  # set when a job may be handed to Serve
         self._watcher: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[InferenceListener] = []
         self._receiving: dict[Door, int] = {"sync": 0, "job": 0}  # admitted, still uploading
@@ -121,16 +130,20 @@ class RemoteWorker:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._watcher = self._loop.create_task(self._watch_replicas())
+        self._dispatcher = self._loop.create_task(self._hand_jobs_to_serve())
 
     def stop(self, timeout: float = 5.0) -> None:
         """Called from the thread pool at shutdown: cancel the watcher on its own loop (nothing
         here runs on a thread, so there is nothing to wait `timeout` for)."""
-        if self._loop is not None and self._watcher is not None:
-            self._loop.call_soon_threadsafe(self._watcher.cancel)
+        if self._loop is not None:
+            for task in (self._watcher, self._dispatcher):
+                if task is not None:
+                    self._loop.call_soon_threadsafe(task.cancel)
 
     async def _watch_replicas(self) -> None:
         while True:
             await self._view.refresh()
+            self._room_for_jobs.set()  # a replica that became ready takes a job
             await asyncio.sleep(HEARTBEAT_S / 2)
 
     # -- state, for admission, /health and /metrics ------------------------------------------------
@@ -155,7 +168,12 @@ class RemoteWorker:
             receiving=sum(self._receiving.values()),
             queue_capacity=self.queue_capacity,
             busy=busy,
-            idle=not self._in_flight and not self._job_tasks and not any(self._receiving.values()),
+            idle=not (
+                self._in_flight
+                or self._job_tasks
+                or len(self._waiting_jobs)
+                or any(self._receiving.values())
+            ),
             inferences_served=sum(replica["inferences_served"] for replica in replicas),
             gpu=summed_gpu_memory(replicas),
             uptime_s=round(time.monotonic() - self.started_at, 1),
@@ -175,8 +193,11 @@ class RemoteWorker:
     def _queue_depth(self) -> int:
         """Work of this ingress replica that no replica runs yet (an estimate: Serve does not
         expose its own queue)."""
-        ready = sum(replica["status"] == "ok" for replica in self.replicas)
-        return max(0, self._in_flight - ready) + len(self._waiting_jobs)
+        handed = self._in_flight + len(self._job_tasks)
+        return max(0, handed - self._ready_count()) + len(self._waiting_jobs)
+
+    def _ready_count(self) -> int:
+        return sum(replica["status"] == "ok" for replica in self.replicas)
 
     @property
     def replicas(self) -> list[ReplicaReport]:
@@ -222,8 +243,8 @@ class RemoteWorker:
             raise ShuttingDownError()
         if (reason := self._unavailable()) is not None:
             raise reason
-        if door == "job" and len(self._waiting_jobs) >= self.max_queued_jobs:
-            raise GPUBusyError(f"{len(self._waiting_jobs)} jobs are already queued")
+        if door == "job" and (queued := self._waiting_jobs.waiting("job")) >= self.max_queued_jobs:
+            raise GPUBusyError(f"{queued} jobs are already queued")
 
     @contextmanager
     def admission(self, door: Door = "sync") -> Iterator[None]:
@@ -282,32 +303,44 @@ class RemoteWorker:
     # -- the job door ----------------------------------------------------------------------------
 
     def submit(self, job: TryOnJob, listener: WorkListener) -> QueuedWork:
-        """Queue a job here and return at once; it reaches a replica when Serve has room."""
+        """Queue a job here and return at once; it reaches a replica in its client's turn."""
         if (reason := self._unavailable()) is not None:
             raise reason
         loop = asyncio.get_running_loop()
         work = QueuedWork(
             job, loop, loop.create_future(), loop.create_future(), door="job", listener=listener
         )
-        self._waiting_jobs.append(work)
-        work.position = len(self._waiting_jobs) - 1
-        self._job_tasks[id(work)] = loop.create_task(self._drive(work))
+        self._waiting_jobs.add(work)
+        self._room_for_jobs.set()
         return work
 
     def cancel(self, work: QueuedWork) -> bool:
-        """Not yet on a replica: withdrawn (True). Running: the replica stops it at its next step,
-        and its outcome raises InferenceCanceledError (False)."""
+        """Not yet handed to Serve: withdrawn (True). Handed: the call is cancelled (queued in
+        Serve, it never runs; running, the replica stops it at its next step) and its outcome
+        raises InferenceCanceledError (False)."""
         work.stop.set()
-        task = self._job_tasks.get(id(work))
-        if task is not None:
-            task.cancel()  # cancels the Serve call: queued, it never runs; running, it stops
-        if self._waiting(work):
-            self._leave_queue(work)
+        if self._waiting_jobs.remove(work):
             work.refuse(InferenceCanceledError("canceled while queued"))
             return True
+        task = self._job_tasks.get(id(work))
+        if task is not None:
+            task.cancel()
         if not work.done.done():
             work.done.set_exception(InferenceCanceledError("canceled while running"))
         return False
+
+    async def _hand_jobs_to_serve(self) -> None:
+        """Hand waiting jobs to Serve in their turns, at most one per ready replica at a time, so
+        the order is decided here (Serve's own queue is first come, first served)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._room_for_jobs.wait()
+            self._room_for_jobs.clear()
+            while len(self._waiting_jobs) and len(self._job_tasks) < max(1, self._ready_count()):
+                work = self._waiting_jobs.take_next()  # in its submit's context (request id)
+                self._job_tasks[id(work)] = loop.create_task(
+                    self._drive(work), context=work.context
+                )
 
     async def _drive(self, work: QueuedWork) -> None:
         """Feed the job to Serve (waiting while it is full), stream its progress, settle it."""
@@ -334,8 +367,7 @@ class RemoteWorker:
                 work.done.set_exception(exc)
         finally:
             self._job_tasks.pop(id(work), None)
-            if self._waiting(work):
-                self._leave_queue(work)
+            self._room_for_jobs.set()
 
     async def _stream(self, work: QueuedWork) -> TryOnOutcome:
         """One attempt: events until the outcome. Raises ReplicaStopped, the replica's errors."""
@@ -367,18 +399,7 @@ class RemoteWorker:
                 raise unwrap(exc) from None
             raise ReplicaStopped("the replica's stream ended without an outcome")
 
-    def _waiting(self, work: QueuedWork) -> bool:
-        return any(waiting is work for waiting in self._waiting_jobs)  # identity, not equality
-
-    def _started(self, work: QueuedWork) -> None:
-        if self._waiting(work):
-            self._leave_queue(work)
+    @staticmethod
+    def _started(work: QueuedWork) -> None:
         if not work.started.done():
             work.started.set_result(None)
-
-    def _leave_queue(self, work: QueuedWork) -> None:
-        index = next(i for i, waiting in enumerate(self._waiting_jobs) if waiting is work)
-        del self._waiting_jobs[index]
-        for position, waiting in enumerate(self._waiting_jobs[index:], start=index):
-            if waiting.listener is not None:
-                waiting.listener.on_queue(position, None)

@@ -20,7 +20,7 @@ from cluster_helpers import (
     stream_held_on,
     wait_for_replica_running,
 )
-from http_helpers import assert_envelope
+from http_helpers import assert_envelope, multipart
 from jobs_helpers import (
     FAST,
     JOBS,
@@ -165,6 +165,41 @@ def test_a_queued_job_canceled_through_another_replica_never_runs(cluster: Clust
     assert canceled.status_code == 200, canceled.json()
     assert canceled.json()["status"] == "canceled"
     assert canceled.json()["progress"]["step"] == 0
+
+
+def from_address(cluster: Cluster, address: str) -> httpx.Client:
+    """A client whose requests come from `address` (every 127.x.y.z is this machine): without
+    keys each address is a client of its own."""
+    transport = httpx.HTTPTransport(local_address=address)
+    return httpx.Client(base_url=cluster.url, transport=transport, timeout=60)
+
+
+def test_a_lone_job_waits_for_at_most_one_job_of_a_client_with_forty_per_ingress_replica(
+    cluster: Cluster,
+) -> None:
+    """Fair turns in front of Serve: an ingress replica takes the clients waiting there in turn,
+    so Bob's job is at most second in its line behind Alice's 40 (the single process's rule, per
+    ingress replica). Of Alice's jobs in that line, only the one ahead of it and those already
+    handed to Serve (one per try-on replica at most) start after Bob's came and before it."""
+    body, content_type = multipart(masked_parts(seed="-1", **FAST))
+    headers = {"Content-Type": content_type}
+    with from_address(cluster, "127.0.0.2") as alice, from_address(cluster, "127.0.0.3") as bob:
+        alice_jobs = [alice.post(JOBS, content=body, headers=headers) for _ in range(40)]
+        assert [job.status_code for job in alice_jobs] == [202] * 40, alice_jobs[-1].text
+        bobs = bob.post(JOBS, content=body, headers=headers)
+        assert bobs.status_code == 202, bobs.text
+        assert bobs.json()["queuePosition"] <= 1, bobs.json()
+        bobs_job = wait_final(cluster.url, bobs.json()["jobId"])
+        alice_line = [  # Alice's jobs that Bob's ingress replica took, as they are now
+            alice.get(f"{JOBS}/{job.json()['jobId']}").json()
+            for job in alice_jobs
+            if job.headers[SERVED_BY_HEADER] == bobs.headers[SERVED_BY_HEADER]
+        ]
+        for job in alice_jobs:
+            alice.delete(f"{JOBS}/{job.json()['jobId']}")
+    came, began = bobs_job["createdAt"], bobs_job["startedAt"]
+    went_first = [job for job in alice_line if job["startedAt"] and came < job["startedAt"] < began]
+    assert len(went_first) <= 1 + 2, f"{len(went_first)} of Alice's jobs went before Bob's"
 
 
 def test_a_job_whose_replica_is_killed_finishes_on_the_other(cluster: Cluster) -> None:
