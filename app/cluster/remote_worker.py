@@ -133,8 +133,9 @@ class RemoteWorker:
         self._dispatcher = self._loop.create_task(self._hand_jobs_to_serve())
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Called from the thread pool at shutdown: cancel the watcher on its own loop (nothing
-        here runs on a thread, so there is nothing to wait `timeout` for)."""
+        """Called from the thread pool at shutdown: cancel the replica watcher and the job
+        dispatcher on their own loop (nothing here runs on a thread, so there is nothing to wait
+        `timeout` for)."""
         if self._loop is not None:
             for task in (self._watcher, self._dispatcher):
                 if task is not None:
