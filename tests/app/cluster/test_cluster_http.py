@@ -77,29 +77,51 @@ def test_concurrent_requests_are_served_by_both_replicas(cluster: Cluster) -> No
 def test_a_burst_past_the_bound_gets_the_busy_envelope_and_the_rest_succeed(
     cluster: Cluster,
 ) -> None:
-    # Both replicas busy with a long job each: at most QUEUE_BOUND requests may wait per ingress
-    # replica, so of 8 at once at least 8 - 2 * QUEUE_BOUND are refused at once.
-    jobs = [submit(cluster.url, masked_parts(seed="-1", **HOLD)).json()["jobId"] for _ in "ab"]
-    for job_id in jobs:
-        wait_for_job(cluster.url, job_id, lambda body: body["status"] == "running")
-    with ThreadPoolExecutor(8) as pool:
-        pending = [pool.submit(post_try_on, cluster.url, try_on_parts(**FAST)) for _ in range(8)]
-        refused = 8 - 2 * QUEUE_BOUND
-        deadline = time.monotonic() + 120
-        while sum(future.done() for future in pending) < refused and time.monotonic() < deadline:
-            time.sleep(0.1)
-        held = [document(cluster.url, job_id)["status"] for job_id in jobs]
-        for job_id in jobs:  # the replicas are free again: the waiting requests run
-            httpx.delete(f"{cluster.url}{JOBS}/{job_id}", timeout=30)
-        responses = [future.result() for future in pending]
+    # Both replicas busy with long jobs: at most QUEUE_BOUND requests may wait per ingress
+    # replica, so of 8 at once at least 8 - 2 * QUEUE_BOUND are refused at once. Random seeds:
+    # a cached result would answer without waiting. An attempt counts when both replicas still
+    # ran a long job once the refusals were in (a loaded machine may take longer to pass the
+    # burst on than a long job takes: then it proves nothing, and another is made).
+    refused = 8 - 2 * QUEUE_BOUND
+    for _ in range(3):
+        responses, held = burst_beside_long_jobs(cluster, refused)
+        if held.count("running") == 2:
+            break
+    else:
+        pytest.fail(f"the long jobs ended before the burst was in, three times ({held})")
     busy = [response for response in responses if response.status_code == 503]
-    # The long jobs must still hold both replicas once the burst is in (else it proves nothing).
-    assert len(busy) >= refused, ([response.status_code for response in responses], held)
+    assert len(busy) >= refused, [response.status_code for response in responses]
     for response in busy:
         assert_envelope(response, 503, "gpu_busy", "GPU is busy processing another request")
         assert int(response.headers["Retry-After"]) > 0
     statuses = [response.status_code for response in responses if response.status_code != 503]
     assert statuses == [200] * len(statuses)
+
+
+def burst_beside_long_jobs(
+    cluster: Cluster, refused: int
+) -> tuple[list[httpx.Response], list[str]]:
+    """8 synchronous try-ons at once while 6 long jobs keep both replicas busy, one after another:
+    their answers, and the jobs' statuses once `refused` of them were answered (then the jobs
+    are deleted)."""
+    jobs = [submit(cluster.url, masked_parts(seed="-1", **HOLD)).json()["jobId"] for _ in range(6)]
+    deadline = time.monotonic() + 120
+    while statuses(cluster, jobs).count("running") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    parts = try_on_parts(seed="-1", **FAST)
+    with ThreadPoolExecutor(8) as pool:
+        pending = [pool.submit(post_try_on, cluster.url, parts) for _ in range(8)]
+        deadline = time.monotonic() + 120
+        while sum(future.done() for future in pending) < refused and time.monotonic() < deadline:
+            time.sleep(0.1)
+        held = statuses(cluster, jobs)
+        for job_id in jobs:  # the replicas are free again: the waiting requests run
+            httpx.delete(f"{cluster.url}{JOBS}/{job_id}", timeout=30)
+        return [future.result() for future in pending], held
+
+
+def statuses(cluster: Cluster, jobs: list[str]) -> list[str]:
+    return [document(cluster.url, job_id)["status"] for job_id in jobs]
 
 
 def test_rays_client_headers_change_nothing(cluster: Cluster) -> None:
