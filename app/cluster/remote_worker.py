@@ -27,16 +27,15 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from app.cluster.call_failures import ReplicaStopped, outcome_name, unwrap
 from app.cluster.registry import HEARTBEAT_S, ReplicaRegistry, ReplicaReport, ReplicaView
 from app.cluster.status import ClusterStatus, pair, summed_gpu_memory
 from app.edge.errors import (
     ClientDisconnectedError,
     GPUBusyError,
-    GPUOutOfMemoryError,
     ModelLoadFailedError,
     ModelsLoadingError,
     ServiceError,
@@ -59,33 +58,8 @@ from catvton.errors import InferenceCanceledError
 
 logger = logging.getLogger(__name__)
 
-REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
 BACKPRESSURE_RETRY_S = 0.25  # a job waiting for room in Serve's queue asks again this often
 JOB_ATTEMPTS = 2  # a job whose replica died runs once more
-
-
-class ReplicaStopped(Exception):
-    """The replica running a call died (Serve restarts it)."""
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """Serve's and Ray's failures -> the service's errors (or ReplicaStopped / BackPressureError,
-    which the caller decides about)."""
-    if isinstance(exc, RayTaskError):
-        cause = exc.cause
-        if isinstance(cause, Exception) and not isinstance(cause, RayActorError):
-            return cause  # the replica's own error: 503 out of memory, 422, canceled, ...
-        return ReplicaStopped(str(exc))
-    if isinstance(exc, REPLICA_GONE):
-        return ReplicaStopped(str(exc))
-    return exc
-
-
-def outcome_name(error: BaseException) -> str:
-    """The `catvton_inferences_total` outcome of a failed try-on."""
-    if isinstance(error, GPUOutOfMemoryError):
-        return "out_of_memory"
-    return "canceled" if isinstance(error, InferenceCanceledError) else "error"
 
 
 class RemoteWorker:
