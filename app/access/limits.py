@@ -1,9 +1,9 @@
 """Fair use per client: a rate limit on new work and a cap on each client's active work.
 
 Both apply per `client_id` (the key's name, or the IP when keys are off), before the upload is
-read, to the routes that create GPU work (`WORK_ROUTES`); the rate limit also applies, counted
-apart, to stored-image uploads (`RATE_LIMITED_ROUTES`: each one decodes and fits a photo, and
-storing one must not spend a try-on):
+read, to the routes that create GPU work (`LIMITED_ROUTES`); the rate limit also applies, counted
+apart, to stored-image uploads (each one decodes and fits a photo, and storing one must not spend
+a try-on):
 
 - `--rate-limit` (the `limits` library's notation, e.g. `'30/minute;500/day'`): a fixed window per
   client and item, opened by the client's first request in it. Every answer of a limited route
@@ -48,23 +48,22 @@ from app.edge.errors import RateLimitedError, ServiceError, TooManyActiveRequest
 
 logger = logging.getLogger(__name__)
 
-# The routes that create GPU work: the synchronous try-on and the jobs' submit.
-WORK_ROUTES = frozenset({("POST", "/api/try-on"), ("POST", "/api/try-on/jobs")})
-IMAGE_STORE_ROUTE = ("POST", "/api/try-on/images")
-
 
 @dataclass(frozen=True)
 class RateCounter:
-    """Which of a client's counters a route spends, and what a refusal calls its requests."""
+    """Which of a client's counters a route spends, what a refusal calls its requests, and
+    whether they create GPU work (then the active-work cap applies too)."""
 
     namespace: str
     requests: str
+    creates_work: bool
 
 
-TRY_ONS = RateCounter("try-on", "try-ons")
-RATE_LIMITED_ROUTES = {
-    **dict.fromkeys(WORK_ROUTES, TRY_ONS),
-    IMAGE_STORE_ROUTE: RateCounter("images", "image uploads"),
+TRY_ONS = RateCounter("try-on", "try-ons", creates_work=True)
+LIMITED_ROUTES = {
+    ("POST", "/api/try-on"): TRY_ONS,
+    ("POST", "/api/try-on/jobs"): TRY_ONS,
+    ("POST", "/api/try-on/images"): RateCounter("images", "image uploads", creates_work=False),
 }
 LIMIT_HEADERS = ("RateLimit-Policy", "RateLimit")  # draft-ietf-httpapi-ratelimit-headers
 
@@ -230,8 +229,8 @@ def take_active_slot(connection: HTTPConnection) -> ActiveSlot | None:
 
 
 class LimitsMiddleware:
-    """Applies the rate limit to `RATE_LIMITED_ROUTES` and the active-work cap to `WORK_ROUTES`,
-    before the body is read."""
+    """Applies the rate limit to `LIMITED_ROUTES` and the active-work cap to those that create
+    GPU work, before the body is read."""
 
     def __init__(
         self, app: ASGIApp, rate_limits: RateLimits | None, active_work: ActiveWork | None
@@ -241,8 +240,9 @@ class LimitsMiddleware:
         self.active_work = active_work
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = (scope["method"], scope["path"]) if scope["type"] == "http" else None
-        counter = RATE_LIMITED_ROUTES.get(route) if route is not None else None
+        counter = None
+        if scope["type"] == "http":
+            counter = LIMITED_ROUTES.get((scope["method"], scope["path"]))
         if counter is None:
             await self.app(scope, receive, send)
             return
@@ -257,7 +257,7 @@ class LimitsMiddleware:
                         f"Too many {counter.requests}: this client's limit is "
                         f"{self.describe()}; try again in {headers['Retry-After']} s."
                     )
-            if self.active_work is not None and route in WORK_ROUTES:
+            if self.active_work is not None and counter.creates_work:
                 slot = await self.active_work.acquire(client)
                 request_context(scope).active_slot = slot
         except ServiceError as error:
