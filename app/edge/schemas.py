@@ -20,6 +20,16 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 # What the form accepts for output_format (in any case): "jpg" is read as "jpeg".
 OUTPUT_FORMAT_NAMES = ("png", "jpeg", "jpg", "webp")
 HealthStatus = Literal["ok", "loading", "error", "draining"]
+FILE_SCHEMA = {"type": "string", "format": "binary"}
+
+
+def multipart_body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads its multipart body itself (streamed and capped, not
+    by FastAPI), so that /docs learns the body's shape from here."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
 
 
 class TryOnOptions(BaseModel):

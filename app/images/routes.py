@@ -17,6 +17,7 @@ from app.edge.dependencies import ImagesDep, IntakeDep, WorkerDep
 from app.edge.envelope import error_responses
 from app.edge.errors import ImageNotFoundError
 from app.edge.ids import ID_PATTERN, short_id
+from app.edge.schemas import FILE_SCHEMA, multipart_body
 from app.images.resolve import IMAGE_FIELD, stored_form
 from app.images.store import StoredImage
 from app.jobs.documents import iso_time
@@ -25,20 +26,7 @@ logger = logging.getLogger(__name__)
 IMAGES_PATH = "/api/try-on/images"
 router = APIRouter(prefix=IMAGES_PATH, tags=["images"])
 
-IMAGE_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [IMAGE_FIELD],
-                    "properties": {IMAGE_FIELD: {"type": "string", "format": "binary"}},
-                }
-            }
-        },
-    }
-}
+IMAGE_REQUEST_BODY = multipart_body([IMAGE_FIELD], {IMAGE_FIELD: FILE_SCHEMA})
 
 
 class ImageDocument(BaseModel):

@@ -11,33 +11,26 @@ from starlette.concurrency import run_in_threadpool
 from app.edge.context import request_context
 from app.edge.dependencies import CacheDep, ImagesDep, IntakeDep, WorkerDep
 from app.edge.envelope import error_responses
-from app.edge.schemas import TryOnOptions, TryOnResponse
+from app.edge.schemas import FILE_SCHEMA, TryOnOptions, TryOnResponse, multipart_body
+from app.images.resolve import ID_FIELDS
 from app.inference.flow import StageTimer, encode_outcome, prepare_try_on, success_body
 from app.media.encoding import EncodedResult
-from app.media.uploads import FILE_FIELDS
+from app.media.uploads import FILE_FIELDS, REQUIRED_FILE_FIELDS
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["try-on"])
 
-_FILE_SCHEMA = {"type": "string", "format": "binary"}
-# The body is parsed by `Intake.receive` (streamed, capped), so /docs learns its shape from here.
-TRY_ON_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["person_image", "cloth_image"],
-                    "properties": {
-                        **{name: _FILE_SCHEMA for name in FILE_FIELDS},
-                        **TryOnOptions.model_json_schema()["properties"],
-                    },
-                }
-            }
+TRY_ON_REQUEST_BODY = multipart_body(
+    list(REQUIRED_FILE_FIELDS),  # or their ids: one of each file and its id (app/images)
+    {
+        **dict.fromkeys(FILE_FIELDS, FILE_SCHEMA),
+        **{
+            id_field: {"type": "string", "description": f"instead of {part}: a stored image's id"}
+            for part, id_field in ID_FIELDS.items()
         },
-    }
-}
+        **TryOnOptions.model_json_schema()["properties"],
+    },
+)
 
 
 async def wait_for_disconnect(request: Request) -> None:
